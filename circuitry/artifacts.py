@@ -1,0 +1,105 @@
+"""Artifacts on disk: safetensors + JSON only, written atomically, fingerprinted, checked on load.
+
+Every tensor file carries a ``circuitry`` metadata entry (JSON) with the circuitry version, the
+artifact kind, its config and the fingerprint of the model it belongs to. Never pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from circuitry.errors import CircuitryError
+
+FORMAT_VERSION = 1
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same directory and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CircuitryError(f"missing file {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CircuitryError(f"cannot read {path}: not valid JSON ({e})") from None
+
+
+def fingerprint(tensors: dict[str, torch.Tensor]) -> str:
+    """A short sha256 over names, shapes, dtypes and bytes of ``tensors`` (order-independent)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Atomically write ``tensors`` as safetensors with ``meta`` (JSON) in the header."""
+    from circuitry import __version__
+
+    header = {"circuitry_version": __version__, "format_version": FORMAT_VERSION, **meta}
+    data = st_save(
+        {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+        metadata={"circuitry": json.dumps(header, sort_keys=True)},
+    )
+    atomic_write_bytes(path, data)
+
+
+def load_tensors(path: str | os.PathLike, kind: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a safetensors file written by :func:`save_tensors`; check its kind if given."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        tensors = st_load(raw)
+        meta = _read_header_meta(raw)
+    except FileNotFoundError:
+        raise CircuitryError(f"missing file {path}") from None
+    except (OSError, SafetensorError, ValueError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CircuitryError(f"cannot read {path}: not a valid safetensors file ({e})") from None
+    if kind is not None and meta.get("kind") != kind:
+        raise CircuitryError(f"{path} holds a {meta.get('kind')!r} artifact, expected {kind!r}")
+    return tensors, meta
+
+
+def _read_header_meta(raw: bytes) -> dict[str, Any]:
+    """The ``circuitry`` entry of a safetensors header (the format is an 8-byte length + JSON)."""
+    if len(raw) < 8:
+        raise ValueError("file too short")
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n].decode())
+    entry = (header.get("__metadata__") or {}).get("circuitry")
+    return json.loads(entry) if entry else {}

@@ -1,0 +1,72 @@
+"""Training checkpoints in one safetensors file: weights, optimiser state, RNG state, step, extras.
+
+Written atomically (temp file + rename), so a kill at any moment leaves the previous checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from circuitry.artifacts import load_tensors, save_tensors
+from circuitry.errors import CircuitryError
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    state: dict[str, Any] | None = None,
+    tensors: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """``state`` is JSON-able run state (config, λ, counters); ``tensors`` any extra tensors."""
+    out = {f"model.{k}": v for k, v in model.named_parameters()}
+    opt = optimizer.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, st in opt["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                out[f"optim.{pid}.{k}"] = v
+            else:
+                scalars.setdefault(str(pid), {})[k] = v
+    out["rng.torch"] = torch.get_rng_state()
+    out.update({f"extra.{k}": v for k, v in (tensors or {}).items()})
+    meta = {
+        "kind": "checkpoint",
+        "step": step,
+        "state": state or {},
+        "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars},
+    }
+    save_tensors(path, out, meta)
+
+
+def load_checkpoint(
+    path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[int, dict[str, Any], dict[str, torch.Tensor]]:
+    """Restore model, optimiser and torch RNG in place; returns (step, state, extra tensors)."""
+    tensors, meta = load_tensors(path, kind="checkpoint")
+    weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    params = dict(model.named_parameters())
+    if set(weights) != set(params) or any(weights[k].shape != params[k].shape for k in params):
+        raise CircuitryError(f"checkpoint {path} does not fit this model (different architecture)")
+    with torch.no_grad():
+        for k, p in params.items():
+            p.copy_(weights[k])
+    state: dict[int, dict[str, Any]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, pid, name = k.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    for pid, sc in meta["optimizer"]["scalars"].items():
+        state.setdefault(int(pid), {}).update(sc)
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
+    except (ValueError, KeyError) as e:
+        raise CircuitryError(f"checkpoint {path}: optimiser state does not fit ({e})") from None
+    torch.set_rng_state(tensors["rng.torch"])
+    extra = {k[len("extra.") :]: v for k, v in tensors.items() if k.startswith("extra.")}
+    return int(meta["step"]), json.loads(json.dumps(meta["state"])), extra

@@ -1,0 +1,186 @@
+"""The Task protocol: clean/corrupted prompt pairs of equal token length, answers, and a metric.
+
+A task produces text-level :class:`PromptPair` records from a seeded RNG; :meth:`Task.batches`
+tokenizes them for a given model (any HookedTransformer), checks equal lengths, pads on the right
+and yields :class:`TaskBatch` objects. The metric reads the logits at each prompt's last token.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Iterator, Literal, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from circuitry.errors import CircuitryError
+
+MetricKind = Literal["logit_diff", "prob_diff"]
+
+
+@dataclass(frozen=True)
+class PromptPair:
+    """One clean/corrupted pair. ``answers``/``wrongs`` are strings that must be single tokens
+    (include the leading space where the tokenizer needs one, e.g. ``" Mary"``)."""
+
+    clean: str
+    corrupt: str
+    answers: tuple[str, ...]
+    wrongs: tuple[str, ...]
+
+
+@dataclass
+class TaskBatch:
+    """Tokenized pairs. Rows are right-padded; ``answer_pos`` is each prompt's last real token."""
+
+    clean: Int[Tensor, "batch pos"]
+    corrupt: Int[Tensor, "batch pos"]
+    answer_pos: Int[Tensor, " batch"]
+    correct: Int[Tensor, "batch n_correct"]  # -1 = padding
+    wrong: Int[Tensor, "batch n_wrong"]  # -1 = padding
+    pairs: list[PromptPair] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.clean.shape[0]
+
+
+class TokenView:
+    """The bits of tokenization a task needs, taken from a HookedTransformer (or a tokenizer)."""
+
+    def __init__(self, model_or_tokenizer, prepend_bos: bool | None = None):
+        tok = getattr(model_or_tokenizer, "tokenizer", None) or model_or_tokenizer
+        if tok is None or not hasattr(tok, "encode"):
+            raise CircuitryError("this model has no tokenizer; tasks need one to build prompts")
+        self.tokenizer = tok
+        cfg = getattr(model_or_tokenizer, "cfg", None)
+        self.prepend_bos = prepend_bos if prepend_bos is not None else (cfg.default_prepend_bos if cfg else True)
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids without special tokens."""
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def prompt_ids(self, text: str) -> list[int]:
+        ids = self.encode(text)
+        bos = self.tokenizer.bos_token_id
+        return ([bos] if self.prepend_bos and bos is not None else []) + ids
+
+    def single_token(self, text: str) -> int | None:
+        ids = self.encode(text)
+        return ids[0] if len(ids) == 1 else None
+
+    def keep_single(self, words: Sequence[str], prefix: str = " ") -> tuple[list[str], int]:
+        """The words that are one token (with ``prefix``) and how many were dropped."""
+        kept = [w for w in words if self.single_token(prefix + w) is not None]
+        return kept, len(words) - len(kept)
+
+
+class Task(ABC):
+    """Base class of every task. Subclasses set the class attributes and implement ``sample_pair``."""
+
+    name: str = ""
+    metric_kind: MetricKind = "logit_diff"
+    corruptions: tuple[str, ...] = ()
+    description: str = ""
+
+    def __init__(self, model_or_tokenizer, corruption: str | None = None):
+        self.view = TokenView(model_or_tokenizer)
+        corruption = corruption or self.corruptions[0]
+        if corruption not in self.corruptions:
+            raise CircuitryError(
+                f"task {self.name!r} has no corruption {corruption!r}; choose from {', '.join(self.corruptions)}"
+            )
+        self.corruption = corruption
+        self.filtered: dict[str, int] = {}  # word list -> number of entries dropped (not single tokens)
+        self.setup()
+
+    def setup(self) -> None:
+        """Filter word lists for this tokenizer (subclasses)."""
+
+    @abstractmethod
+    def sample_pair(self, rng: random.Random) -> PromptPair: ...
+
+    def pairs(self, n: int, seed: int) -> list[PromptPair]:
+        if n <= 0:
+            raise CircuitryError(f"number of prompts must be positive, got {n}")
+        rng = random.Random(f"{self.name}|{self.corruption}|{seed}")
+        return [self.sample_pair(rng) for _ in range(n)]
+
+    def tokenize(self, pairs: Sequence[PromptPair]) -> TaskBatch:
+        """Tokenize pairs; every clean/corrupt pair must have equal token length."""
+        if not pairs:
+            raise CircuitryError("no prompts to tokenize")
+        cleans, corrupts, correct, wrong = [], [], [], []
+        for i, p in enumerate(pairs):
+            c, k = self.view.prompt_ids(p.clean), self.view.prompt_ids(p.corrupt)
+            if len(c) <= (1 if self.view.prepend_bos else 0):
+                raise CircuitryError(f"{self.name} record {i}: empty prompt")
+            if len(c) != len(k):
+                raise CircuitryError(
+                    f"{self.name} record {i}: clean and corrupt differ in token length "
+                    f"({len(c)} vs {len(k)}): {p.clean!r} / {p.corrupt!r}"
+                )
+            cleans.append(c)
+            corrupts.append(k)
+            correct.append(self._answer_ids(i, p.answers, "answer"))
+            wrong.append(self._answer_ids(i, p.wrongs, "wrong"))
+        return TaskBatch(
+            clean=_pad(cleans, self.view.pad_id),
+            corrupt=_pad(corrupts, self.view.pad_id),
+            answer_pos=torch.tensor([len(c) - 1 for c in cleans]),
+            correct=_pad(correct, -1),
+            wrong=_pad(wrong, -1),
+            pairs=list(pairs),
+        )
+
+    def _answer_ids(self, i: int, texts: Sequence[str], what: str) -> list[int]:
+        if not texts:
+            raise CircuitryError(f"{self.name} record {i}: no {what} given")
+        ids = []
+        for t in texts:
+            tid = self.view.single_token(t)
+            if tid is None:
+                raise CircuitryError(f"{self.name} record {i}: {what} {t!r} is not a single token for this tokenizer")
+            ids.append(tid)
+        return ids
+
+    def batches(self, n: int, seed: int, batch_size: int = 100) -> Iterator[TaskBatch]:
+        pairs = self.pairs(n, seed)
+        for start in range(0, len(pairs), batch_size):
+            yield self.tokenize(pairs[start : start + batch_size])
+
+    def metric(self, logits: Float[Tensor, "batch pos vocab"], batch: TaskBatch) -> Float[Tensor, " batch"]:
+        """Per-prompt metric at the answer position (differentiable)."""
+        last = logits[torch.arange(logits.shape[0]), batch.answer_pos]  # [batch, vocab]
+        return answer_metric(last, batch.correct, batch.wrong, self.metric_kind)
+
+
+def answer_metric(
+    last: Float[Tensor, "batch vocab"],
+    correct: Int[Tensor, "batch n_correct"],
+    wrong: Int[Tensor, "batch n_wrong"],
+    kind: MetricKind,
+) -> Float[Tensor, " batch"]:
+    """``logit_diff``: logit of the first correct answer minus the largest wrong logit.
+    ``prob_diff``: total probability of the correct set minus that of the wrong set."""
+    if kind == "logit_diff":
+        good = last.gather(1, correct[:, :1].clamp(min=0)).squeeze(1)
+        bad = last.gather(1, wrong.clamp(min=0)).masked_fill(wrong < 0, float("-inf")).amax(1)
+        return good - bad
+    if kind == "prob_diff":
+        probs = last.float().softmax(-1)
+        good = (probs.gather(1, correct.clamp(min=0)) * (correct >= 0)).sum(1)
+        bad = (probs.gather(1, wrong.clamp(min=0)) * (wrong >= 0)).sum(1)
+        return good - bad
+    raise CircuitryError(f"unknown metric kind {kind!r}")
+
+
+def _pad(rows: list[list[int]], value: int) -> Int[Tensor, "batch n"]:
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return out

@@ -1,0 +1,76 @@
+"""Custom tasks from a JSON / JSONL file of ``{clean, corrupt, answer, wrong}`` records.
+
+``answer`` and ``wrong`` are strings (or lists of strings) that must each be one token. A JSON
+file may also be an object ``{"metric": "logit_diff" | "prob_diff", "records": [...]}``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from circuitry.errors import CircuitryError
+from circuitry.tasks.base import PromptPair, Task
+
+
+def read_records(path: Path) -> tuple[list[dict], str]:
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CircuitryError(f"cannot read task file {path}: {e}") from None
+    metric = "logit_diff"
+    try:
+        if path.suffix == ".jsonl":
+            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            data = json.loads(text)
+            if isinstance(data, dict):
+                metric = data.get("metric", metric)
+                data = data.get("records")
+            records = data
+    except json.JSONDecodeError as e:
+        raise CircuitryError(f"task file {path} is not valid JSON: {e}") from None
+    if not isinstance(records, list) or not records:
+        raise CircuitryError(f"task file {path} holds no records")
+    return records, metric
+
+
+def _strings(record: dict, key: str, i: int, path: Path) -> tuple[str, ...]:
+    value = record.get(key)
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise CircuitryError(f"task file {path} record {i}: {key!r} must be a non-empty string or list of strings")
+    return tuple(value)
+
+
+class CustomTask(Task):
+    """A task read from a file. ``pairs(n, seed)`` draws n records (all of them if n is larger)."""
+
+    corruptions = ("file",)
+
+    def __init__(self, path: str | Path, model_or_tokenizer, corruption: str | None = None):
+        self.path = Path(path)
+        records, metric = read_records(self.path)
+        if metric not in ("logit_diff", "prob_diff"):
+            raise CircuitryError(f"task file {self.path}: unknown metric {metric!r}")
+        self.name, self.metric_kind = self.path.stem, metric
+        self.records = []
+        for i, r in enumerate(records):
+            if not isinstance(r, dict):
+                raise CircuitryError(f"task file {self.path} record {i}: not an object")
+            clean, corrupt = _strings(r, "clean", i, self.path)[0], _strings(r, "corrupt", i, self.path)[0]
+            self.records.append(PromptPair(clean, corrupt, _strings(r, "answer", i, self.path), _strings(r, "wrong", i, self.path)))
+        super().__init__(model_or_tokenizer, corruption)
+        self.tokenize(self.records)  # validate every record once, naming the offending one
+
+    def sample_pair(self, rng: random.Random) -> PromptPair:
+        return rng.choice(self.records)
+
+    def pairs(self, n: int, seed: int) -> list[PromptPair]:
+        if n <= 0:
+            raise CircuitryError(f"number of prompts must be positive, got {n}")
+        order = list(range(len(self.records)))
+        random.Random(seed).shuffle(order)
+        return [self.records[i] for i in order[:n]]

@@ -1,0 +1,80 @@
+"""The synthetic language the zoo models are trained on.
+
+A document is a run of sentences drawn from families: the task families (IOI, greater-than,
+induction, subject-verb agreement, docstrings) built from the same templates as the tasks, plus
+simple facts and filler narrative so the model is a language model of this language, not a
+single-task net. Everything is a pure function of a seed.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+from circuitry.tasks import docstring, greater_than, induction, ioi, sva
+from circuitry.tasks.words import LEXICON, Lexicon
+
+FILLER_TEMPLATES: tuple[str, ...] = (
+    "[A] walked to the [PLACE].",
+    "[A] bought a [OBJECT] at the [PLACE].",
+    "The [OBJECT] was [ADJ].",
+    "[A] saw [B] at the [PLACE].",
+    "[A] and [B] talked about the [OBJECT].",
+    "[A] was [ADJ] that day.",
+    "In the [PLACE], [A] found a [ADJ] [OBJECT].",
+    "It was a [ADJ] day at the [PLACE].",
+    "[A] wanted a [ADJ] [OBJECT].",
+    "[A] left the [OBJECT] in the [PLACE].",
+    "The [PLACE] was [ADJ] and [ADJ].",
+    "[A] asked [B] about the [PLACE].",
+)
+
+
+def filler_sentence(rng: random.Random, lex: Lexicon = LEXICON) -> str:
+    a, b = rng.sample(lex.names, 2)
+    text = rng.choice(FILLER_TEMPLATES).replace("[A]", a).replace("[B]", b)
+    while "[ADJ]" in text:
+        text = text.replace("[ADJ]", rng.choice(lex.adjectives), 1)
+    return text.replace("[PLACE]", rng.choice(lex.places)).replace("[OBJECT]", rng.choice(lex.objects))
+
+
+def fact_sentence(rng: random.Random, lex: Lexicon = LEXICON) -> str:
+    country, capital = rng.choice(lex.facts)
+    return rng.choice(("The capital of {c} is {k}.", "{k} is the capital of {c}.")).format(c=country, k=capital)
+
+
+@dataclass(frozen=True)
+class SyntheticLanguage:
+    """Sentence-family mixture. ``weights`` are relative frequencies of the families."""
+
+    weights: tuple[tuple[str, float], ...] = (
+        ("ioi", 0.26),
+        ("greater_than", 0.14),
+        ("induction", 0.10),
+        ("sva", 0.16),
+        ("docstring", 0.06),
+        ("facts", 0.06),
+        ("filler", 0.22),
+    )
+    lexicon: Lexicon = LEXICON
+
+    def families(self) -> dict[str, Callable[[random.Random, Lexicon], str]]:
+        return {
+            "ioi": ioi.sample_sentence,
+            "greater_than": greater_than.sample_sentence,
+            "induction": induction.sample_sentence,
+            "sva": sva.sample_sentence,
+            "docstring": docstring.sample_sentence,
+            "facts": fact_sentence,
+            "filler": filler_sentence,
+        }
+
+    def sentence(self, rng: random.Random) -> str:
+        names, weights = zip(*self.weights)
+        family = rng.choices(names, weights=weights)[0]
+        return self.families()[family](rng, self.lexicon)
+
+    def sentences(self, seed: int | str, n: int) -> list[str]:
+        rng = random.Random(f"sentences|{seed}")
+        return [self.sentence(rng) for _ in range(n)]

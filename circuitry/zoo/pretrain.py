@@ -1,0 +1,164 @@
+"""Pretrain a zoo model on the synthetic language (the command behind ``circuitry zoo build``).
+
+Data are a pure function of (seed, step), so a resumed run sees exactly the batches an
+uninterrupted run would. Checkpoints hold weights, AdamW state, RNG and the step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from circuitry.checkpoint import load_checkpoint, save_checkpoint
+from circuitry.errors import CircuitryError
+from circuitry.zoo.language import SyntheticLanguage
+from circuitry.zoo.registry import build_model, save_model
+from circuitry.zoo.tokenizer import build_tokenizer
+
+CHECKPOINT = "checkpoint.safetensors"
+LOG = "train_log.jsonl"
+
+
+@dataclass
+class PretrainConfig:
+    n_layers: int = 4
+    n_heads: int = 8
+    d_model: int = 128
+    d_mlp: int = 512
+    n_ctx: int = 64
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 3e-3
+    warmup: int = 100
+    min_lr_frac: float = 0.05
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 200
+    log_every: int = 20
+    heldout_sequences: int = 256
+
+    def arch(self, d_vocab: int) -> dict[str, Any]:
+        return {
+            "n_layers": self.n_layers, "d_model": self.d_model, "d_head": self.d_model // self.n_heads,
+            "n_heads": self.n_heads, "d_mlp": self.d_mlp, "d_vocab": d_vocab, "n_ctx": self.n_ctx,
+            "act_fn": "gelu", "normalization_type": "LN", "positional_embedding_type": "standard",
+            "attn_only": False, "default_prepend_bos": True, "n_key_value_heads": None, "rotary_dim": None,
+            "gated_mlp": False, "original_architecture": None,
+        }  # fmt: skip
+
+
+class TokenStream:
+    """Training / held-out sequences of the synthetic language: BOS + sentences, cut to n_ctx."""
+
+    def __init__(self, tokenizer, language: SyntheticLanguage | None = None):
+        self.language = language or SyntheticLanguage()
+        self.backend = tokenizer.backend_tokenizer
+        self.bos = tokenizer.bos_token_id
+
+    def sequence(self, rng: random.Random, length: int) -> list[int]:
+        ids = [self.bos]
+        while len(ids) < length:
+            ids += self.backend.encode(self.language.sentence(rng), add_special_tokens=False).ids
+        return ids[:length]
+
+    def batch(self, key: str, size: int, length: int) -> Int[Tensor, "batch pos"]:
+        rng = random.Random(key)
+        return torch.tensor([self.sequence(rng, length) for _ in range(size)], dtype=torch.long)
+
+    def train_batch(self, seed: int, step: int, size: int, length: int) -> Int[Tensor, "batch pos"]:
+        return self.batch(f"train|{seed}|{step}", size, length)
+
+    def heldout(self, size: int, length: int) -> Int[Tensor, "batch pos"]:
+        """Held-out text: a seed namespace training never uses."""
+        return self.batch("heldout|0", size, length)
+
+
+@torch.no_grad()
+def heldout_ce(model, stream: TokenStream, n: int = 256, batch_size: int = 64) -> float:
+    """Mean next-token cross-entropy (nats/token) on ``n`` held-out sequences of n_ctx tokens."""
+    tokens = stream.heldout(n, model.cfg.n_ctx)
+    losses = [model(tokens[i : i + batch_size], return_type="loss").item() for i in range(0, n, batch_size)]
+    sizes = [len(tokens[i : i + batch_size]) for i in range(0, n, batch_size)]
+    return sum(l * s for l, s in zip(losses, sizes)) / n
+
+
+def lr_at(cfg: PretrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False, name: str = "tiny-dense", progress: bool = True):
+    """Train and write a model directory at ``out``; returns the model. Resumes from ``out``'s checkpoint."""
+    out = Path(out)
+    ckpt = out / CHECKPOINT
+    if ckpt.exists() and not resume:
+        raise CircuitryError(f"{ckpt} exists: pass --resume to continue it, or choose another --out")
+    if resume and not ckpt.exists():
+        raise CircuitryError(f"nothing to resume: no {ckpt}")
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    stream = TokenStream(tokenizer)
+    model = build_model(cfg.arch(len(tokenizer)), tokenizer, seed=cfg.seed)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.98),
+    )  # fmt: skip
+    start, elapsed = 0, 0.0
+    if resume:
+        start, state, _ = load_checkpoint(ckpt, model, opt)
+        if state.get("config") != asdict(cfg):
+            raise CircuitryError(f"{ckpt} was made with a different config; rerun with the same options")
+        elapsed = state.get("elapsed", 0.0)
+    t0 = time.time() - elapsed
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"pretrain {name}", disable=not progress)
+    with open(out / LOG, "a" if resume else "w") as log:
+        for step in bar:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(cfg, step)
+            loss = model(stream.train_batch(cfg.seed, step, cfg.batch_size, cfg.n_ctx), return_type="loss")
+            if not torch.isfinite(loss):
+                raise CircuitryError(f"non-finite loss at step {step}; last good checkpoint kept at {ckpt}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            if step % cfg.log_every == 0 or step == cfg.steps - 1:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+                rec = {"step": step, "loss": round(loss.item(), 5), "lr": lr_at(cfg, step), "seconds": round(time.time() - t0, 1)}
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+                save_checkpoint(ckpt, model, opt, step + 1, {"config": asdict(cfg), "elapsed": time.time() - t0})
+    model.eval()
+    seconds = time.time() - t0
+    ce = heldout_ce(model, stream, cfg.heldout_sequences)
+    meta = {
+        "name": name,
+        "kind": "dense",
+        "heldout_ce": round(ce, 5),
+        "train_seconds": round(seconds, 1),
+        "train_tokens": cfg.steps * cfg.batch_size * cfg.n_ctx,
+        "pretrain_config": asdict(cfg),
+        "command": f"circuitry zoo build --name {name} --out {out} --steps {cfg.steps} --seed {cfg.seed}",
+        "torch_threads": torch.get_num_threads(),
+    }
+    save_model(model, out, meta)
+    ckpt.unlink(missing_ok=True)
+    model.cfg.model_name = name
+    return model

@@ -1,0 +1,164 @@
+"""Load and save models: zoo names, local circuitry model directories, TransformerLens names.
+
+A circuitry model directory holds ``config.json`` (HookedTransformerConfig fields),
+``model.safetensors`` (weights, fingerprint in the header), the tokenizer files and ``meta.json``
+(how it was made and what it scored).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from circuitry.artifacts import atomic_write_json, fingerprint, load_tensors, read_json, save_tensors
+from circuitry.errors import CircuitryError
+
+ZOO_DIR = Path(__file__).parent / "models"
+ARCH_KEYS = (
+    "n_layers", "d_model", "d_head", "n_heads", "d_mlp", "d_vocab", "n_ctx", "act_fn", "normalization_type",
+    "positional_embedding_type", "attn_only", "default_prepend_bos", "n_key_value_heads", "rotary_dim",
+    "gated_mlp", "original_architecture",
+)  # fmt: skip
+
+
+def _quiet_tl():
+    warnings.filterwarnings("ignore", message=".*HookedTransformer is deprecated.*")
+    import transformer_lens
+
+    return transformer_lens
+
+
+def zoo_models() -> list[str]:
+    """Names of the models shipped inside the package."""
+    return sorted(p.name for p in ZOO_DIR.iterdir() if (p / "model.safetensors").is_file()) if ZOO_DIR.is_dir() else []
+
+
+def list_models() -> list[dict[str, Any]]:
+    """Zoo models with their recorded metadata (no weights are loaded)."""
+    out = []
+    for name in zoo_models():
+        meta = read_json(ZOO_DIR / name / "meta.json") if (ZOO_DIR / name / "meta.json").is_file() else {}
+        out.append({"name": name, "path": str(ZOO_DIR / name), **meta})
+    return out
+
+
+def model_fingerprint(model) -> str:
+    return fingerprint(_weights(model))
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    """Parameters only (TransformerLens' mask/IGNORE buffers are rebuilt from the config)."""
+    return {k: v for k, v in model.named_parameters()}
+
+
+def save_model(model, directory: str | Path, meta: dict[str, Any] | None = None) -> str:
+    """Write a circuitry model directory; returns the weights fingerprint."""
+    from circuitry.zoo.tokenizer import save_tokenizer
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {k: getattr(model.cfg, k) for k in ARCH_KEYS}
+    weights = _weights(model)
+    fp = fingerprint(weights)
+    save_tensors(directory / "model.safetensors", weights, {"kind": "model", "fingerprint": fp, "config": config})
+    atomic_write_json(directory / "config.json", config)
+    if model.tokenizer is not None:
+        save_tokenizer(model.tokenizer, directory)
+    atomic_write_json(directory / "meta.json", {**(meta or {}), "fingerprint": fp})
+    return fp
+
+
+def build_model(config: dict[str, Any], tokenizer=None, seed: int | None = None):
+    """A freshly initialised HookedTransformer (global RNG untouched) from architecture fields."""
+    tl = _quiet_tl()
+    with torch.random.fork_rng():
+        if seed is not None:
+            torch.manual_seed(seed)
+        cfg = tl.HookedTransformerConfig(**config, device="cpu", seed=None)
+        return tl.HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+
+
+def load_model_dir(directory: str | Path, name: str | None = None):
+    """Load a circuitry model directory, checking the weights against config and fingerprint."""
+    from circuitry.zoo.tokenizer import load_tokenizer
+
+    directory = Path(directory)
+    config = read_json(directory / "config.json")
+    tensors, meta = load_tensors(directory / "model.safetensors", kind="model")
+    if fingerprint(tensors) != meta.get("fingerprint"):
+        raise CircuitryError(f"{directory / 'model.safetensors'} does not match its recorded fingerprint (corrupt or modified)")
+    if meta.get("config") != config:
+        raise CircuitryError(f"{directory}: config.json does not match the config recorded with the weights")
+    tokenizer = load_tokenizer(directory) if (directory / "tokenizer.json").exists() else None
+    try:
+        model = build_model(config, tokenizer)
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise CircuitryError(f"{directory}: weights do not fit config.json ({str(e).splitlines()[0]})") from None
+    missing = [k for k in missing if not k.endswith((".mask", ".IGNORE"))]
+    if missing or unexpected:
+        raise CircuitryError(f"{directory}: weights do not fit config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.eval()
+    model.cfg.model_name = name or directory.name
+    model.circuitry_info = {"name": model.cfg.model_name, "path": str(directory), "fingerprint": meta["fingerprint"]}
+    return model
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _load_transformerlens(name: str, device: str):
+    tl = _quiet_tl()
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    try:
+        official = get_official_model_name(name)
+    except ValueError:
+        raise CircuitryError(
+            f"unknown model {name!r}: not a zoo model ({', '.join(zoo_models()) or 'none installed'}), "
+            "a circuitry model directory, or a TransformerLens model name"
+        ) from None
+    if not hub_reachable():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(official, "config.json"), str):
+            raise CircuitryError(
+                f"cannot load {name!r}: the model hub is unreachable (offline) and it is not cached; "
+                f"models available offline: {', '.join(zoo_models())}"
+            )
+    try:
+        model = tl.HookedTransformer.from_pretrained(official, device=device)
+    except Exception as e:  # network, auth and conversion errors all surface as one line
+        raise CircuitryError(f"cannot load {name!r} through TransformerLens: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    model.circuitry_info = {"name": name, "path": None, "fingerprint": model_fingerprint(model)}
+    return model
+
+
+def load_model(name: str, device: str = "cpu"):
+    """A HookedTransformer by zoo name (offline), local model directory, or TransformerLens name.
+
+    Zoo and local models come back in eval mode on CPU with their tokenizer attached.
+    """
+    if not name or not str(name).strip():
+        raise CircuitryError("empty model name")
+    if name in zoo_models():
+        model = load_model_dir(ZOO_DIR / name, name)
+    elif Path(name).is_dir() and (Path(name) / "config.json").is_file():
+        model = load_model_dir(Path(name))
+    elif Path(name).exists():
+        raise CircuitryError(f"{name} is not a circuitry model directory (needs config.json and model.safetensors)")
+    else:
+        return _load_transformerlens(name, device)
+    return model.to(device) if device != "cpu" else model

@@ -1,0 +1,53 @@
+"""Synthetic language and tokenizer: determinism, coverage, round trips."""
+
+import random
+
+from circuitry.zoo.language import SyntheticLanguage
+from circuitry.zoo.tokenizer import BOS, UNK, build_vocab
+
+
+def test_generator_is_deterministic_per_seed():
+    lang = SyntheticLanguage()
+    assert lang.sentences(7, 200) == lang.sentences(7, 200)
+    assert lang.sentences(7, 200) != lang.sentences(8, 200)
+
+
+def test_every_family_appears_at_its_rate():
+    lang = SyntheticLanguage()
+    rng = random.Random(0)
+    names, weights = zip(*lang.weights)
+    counts = dict.fromkeys(names, 0)
+    for _ in range(20000):
+        counts[rng.choices(names, weights=weights)[0]] += 1
+    total = sum(weights)
+    for name, w in lang.weights:
+        assert abs(counts[name] / 20000 - w / total) < 0.015, name
+
+
+def test_vocab_is_deterministic_and_covers_the_lexicon():
+    lang = SyntheticLanguage()
+    v1, v2 = build_vocab(lang, 500), build_vocab(lang, 500)
+    assert v1 == v2
+    assert v1[0] == BOS and len(set(v1)) == len(v1)
+    for word in (*lang.lexicon.names, *lang.lexicon.places, "17", "32", "00", "99"):
+        assert word in v1
+
+
+def test_tokenizer_round_trip_without_unknowns(small_tokenizer):
+    tok = small_tokenizer
+    for text in SyntheticLanguage().sentences("roundtrip", 300):
+        ids = tok.encode(text)
+        assert ids[0] == tok.bos_token_id
+        assert tok.unk_token_id not in ids, text
+        assert tok.encode(tok.decode(ids, skip_special_tokens=True)) == ids
+    assert tok.convert_ids_to_tokens(tok.encode("from the year 1732", add_special_tokens=False)) == [
+        "from", "the", "year", "17", "32"
+    ]
+    assert tok.unk_token == UNK
+
+
+def test_hooked_transformer_uses_the_tokenizer(dense):
+    toks = dense.to_tokens("When Mary and John went to the store, John gave a drink to")
+    assert toks[0, 0].item() == dense.tokenizer.bos_token_id
+    assert dense.to_str_tokens("Mary went home")[1:] == ["Mary", "went", "home"]
+    assert dense.to_tokens("Mary went", prepend_bos=False).shape == (1, 2)

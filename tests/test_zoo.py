@@ -1,0 +1,75 @@
+"""Model zoo: offline loading, fingerprints, clear errors on bad names and bad files."""
+
+import shutil
+import pytest
+import torch
+
+from circuitry import load_model
+from circuitry.errors import CircuitryError
+from circuitry.zoo.registry import ZOO_DIR, list_models, load_model_dir, model_fingerprint, save_model
+
+
+def test_zoo_model_loads_offline_with_tokenizer():
+    model = load_model("tiny-dense")  # load time is measured in benchmarks/bench_zoo.py
+    assert model.tokenizer is not None and not model.training
+    assert model.cfg.n_layers == 4 and model.cfg.n_heads == 8 and model.cfg.n_ctx >= 64
+    assert model.circuitry_info["fingerprint"] == model_fingerprint(model)
+    assert "tiny-dense" in [m["name"] for m in list_models()]
+
+
+def test_save_load_round_trip_is_exact(dense, tmp_path):
+    save_model(dense, tmp_path / "m", {"note": "copy"})
+    again = load_model(str(tmp_path / "m"))
+    toks = dense.to_tokens("Then, Mary and John went to the park. John gave a ball to")
+    assert torch.equal(dense(toks), again(toks))
+    assert model_fingerprint(again) == model_fingerprint(dense)
+
+
+def _copy(tmp_path):
+    dst = tmp_path / "copy"
+    shutil.copytree(ZOO_DIR / "tiny-dense", dst)
+    return dst
+
+
+def test_truncated_weights_file_is_a_clear_error(tmp_path):
+    d = _copy(tmp_path)
+    (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:1000])
+    with pytest.raises(CircuitryError, match="not a valid safetensors file"):
+        load_model_dir(d)
+
+
+def test_modified_weights_fail_the_fingerprint(tmp_path):
+    d = _copy(tmp_path)
+    raw = bytearray((d / "model.safetensors").read_bytes())
+    raw[-5] ^= 0xFF  # flip bits inside the last tensor
+    (d / "model.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(CircuitryError, match="fingerprint"):
+        load_model_dir(d)
+
+
+def test_config_that_does_not_match_weights(tmp_path):
+    import json
+
+    d = _copy(tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["d_mlp"] = 64
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CircuitryError, match="config"):
+        load_model_dir(d)
+
+
+@pytest.mark.parametrize("name, message", [("no-such-model", "unknown model"), ("gpt2", "offline"), ("", "empty")])
+def test_bad_model_names(name, message):
+    with pytest.raises(CircuitryError, match=message):
+        load_model(name)
+
+
+@pytest.mark.parametrize("task", ["ioi", "greater-than", "induction", "sva"])
+def test_shipped_dense_model_solves_the_tasks(dense, task):
+    from circuitry import evaluate_task, get_task
+
+    score = evaluate_task(dense, get_task(task, dense), n=200, seed=2024)
+    assert score.accuracy >= 0.95, score
+    if task == "ioi":
+        assert score.mean_metric >= 2.5
+    assert score.mean_metric_corrupt < 0.5 * score.mean_metric  # the corruption removes (or flips) the effect
