@@ -70,3 +70,25 @@ def load_checkpoint(
     torch.set_rng_state(tensors["rng.torch"])
     extra = {k[len("extra.") :]: v for k, v in tensors.items() if k.startswith("extra.")}
     return int(meta["step"]), json.loads(json.dumps(meta["state"])), extra
+
+
+def prepare_run_dir(out: str | Path, resume: bool, name: str = "checkpoint.safetensors") -> Path:
+    """Check ``out`` for a new or resumed training run; returns the checkpoint path inside it."""
+    out = Path(out)
+    ckpt = out / name
+    if ckpt.exists() and not resume:
+        raise CircuitryError(f"{ckpt} exists: pass --resume to continue it, or choose another --out")
+    if resume and not ckpt.exists():
+        raise CircuitryError(f"nothing to resume: no {ckpt}")
+    if not resume and (out / "model.safetensors").exists():
+        raise CircuitryError(f"{out} already holds a model; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    return ckpt
+
+
+def resume_run(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """Restore a run from its checkpoint, refusing one made with a different config."""
+    step, state, _ = load_checkpoint(path, model, optimizer)
+    if state.get("config") != config:
+        raise CircuitryError(f"{path} was made with a different config; rerun with the same options")
+    return step, state

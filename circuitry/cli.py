@@ -85,6 +85,171 @@ def eval_cmd(
     ])  # fmt: skip
 
 
+@app.command("sparsify")
+@one_line_errors
+def sparsify_cmd(
+    out: Path = typer.Option(..., "--out", help="Output model directory (checkpoints live here too)."),
+    model: str = typer.Option("tiny-dense", "--model", help="Dense model to post-train."),
+    steps: int = typer.Option(3500, "--steps"),
+    tolerance: float = typer.Option(0.0, "--tolerance", help="CE target = dense held-out CE x (1 + tolerance)."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    lr: float = typer.Option(1e-4, "--lr", help="Learning rate of the model weights."),
+    qk_lr: float = typer.Option(1e-4, "--qk-lr", help="Learning rate of the query/key weights."),
+    bias_lr: float = typer.Option(2e-2, "--bias-lr", help="Learning rate of the per-head gate biases."),
+    seed: int = typer.Option(0, "--seed"),
+    name: str = typer.Option("tiny-sparse", "--name"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in --out."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Write training-curve and connectivity plots."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Sparse attention post-training: minimise connectivity subject to CE <= target."""
+    from circuitry.sparsity import SparsifyConfig, sparsify
+    from circuitry.zoo.registry import load_model
+
+    if steps <= 0 or batch_size <= 0 or min(lr, qk_lr, bias_lr) <= 0 or tolerance < 0:
+        raise CircuitryError("--steps, --batch-size and the learning rates must be positive and --tolerance >= 0")
+    dense = load_model(model)
+    if getattr(dense, "gates", None) is not None:
+        raise CircuitryError(f"model {model!r} already has gates; start from a dense model")
+    cfg = SparsifyConfig(steps=steps, tolerance=tolerance, batch_size=batch_size, lr=lr, qk_lr=qk_lr, bias_lr=bias_lr, seed=seed)
+    sparse, meta = sparsify(dense, out, cfg, resume=resume, name=name, parent=model)
+    if plots:
+        from circuitry.plotting import head_connectivity, save_figure, training_curves
+        from circuitry.sparsity import connectivity_report
+
+        save_figure(training_curves(out / "sparsify_log.jsonl"), out / "plots" / "training_curves")
+        save_figure(head_connectivity(connectivity_report(sparse)), out / "plots" / "head_connectivity")
+    _emit(meta, as_json, [
+        f"wrote {out}: connectivity {meta['connectivity']:.4f} (floor {meta['floor']:.4f}, "
+        f"{meta['connectivity'] / meta['floor']:.2f}x), keys/query {meta['keys_per_query']:.2f}, "
+        f"held-out CE {meta['heldout_ce']:.4f} vs dense {meta['dense_heldout_ce']:.4f}, {meta['train_seconds']:.0f} s",
+    ])  # fmt: skip
+
+
+@app.command("connectivity")
+@one_line_errors
+def connectivity_cmd(
+    model: str = typer.Option("tiny-sparse", "--model"),
+    task: Optional[str] = typer.Option(None, "--task", help="Measure on this task's clean prompts instead of held-out text."),
+    n: int = typer.Option(1024, "--n", help="Held-out sequences (or task prompts)."),
+    seed: int = typer.Option(1, "--seed"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Directory for the per-head plot (and a patterns plot)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Share of causal attention edges kept, keys per query and the 1-key floor."""
+    from circuitry.sparsity import connectivity_report
+    from circuitry.tasks import check_task_name, get_task
+    from circuitry.zoo.registry import load_model
+
+    if n <= 0:
+        raise CircuitryError(f"--n must be positive, got {n}")
+    if task is not None:
+        check_task_name(task)
+    m = load_model(model)
+    report = connectivity_report(m, get_task(task, m) if task else None, n=n, seed=seed)
+    result = {**report.to_dict(), "model": model, "task": task}
+    if out is not None:
+        from circuitry.plotting import head_connectivity, save_figure
+
+        save_figure(head_connectivity(report), Path(out) / f"head_connectivity_{Path(model).name}")
+    ce = f", held-out CE {report.ce:.4f}" if report.ce is not None else ""
+    _emit(result, as_json, [
+        f"{model} on {task or 'held-out text'} (n={n}, mean length {report.seq_len:.1f}): connectivity {report.connectivity:.4f}, "
+        f"floor {report.floor:.4f} ({report.connectivity / report.floor:.2f}x), keys/query {report.keys_per_query:.2f}{ce}",
+        "  per layer: " + ", ".join(f"L{i} {c:.4f}" for i, c in enumerate(report.per_layer)),
+    ])  # fmt: skip
+
+
+def _discover_models(task: str, models: list[str], method: str, n_prompts: int, corruption: Optional[str], seed: int, out: Optional[Path]):
+    from circuitry.circuits import METHODS, discover
+    from circuitry.tasks import check_task_name, get_task
+    from circuitry.zoo.registry import load_model
+
+    if method not in METHODS:
+        raise CircuitryError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if n_prompts <= 0:
+        raise CircuitryError(f"--n-prompts must be positive, got {n_prompts}")
+    check_task_name(task)
+    results = {}
+    for name in models:
+        model = load_model(name)
+        model.cfg.model_name = name
+        results[name] = discover(model, get_task(task, model, corruption), method, n_prompts, seed)
+    if out is not None:
+        _write_discovery(results, Path(out))
+    return results
+
+
+def _write_discovery(results: dict, out: Path) -> None:
+    from circuitry.artifacts import atomic_write_json
+    from circuitry.plotting import circuit_graph, faithfulness_curves, head_importance, save_figure
+
+    save_figure(faithfulness_curves(results), out / "faithfulness_curves")
+    for name, r in results.items():
+        stem = Path(name).name
+        circuit = r.circuit(0.9)
+        atomic_write_json(out / f"circuit_{stem}.json", {**r.to_dict(), "circuit_at_0.9": circuit.to_dict() if circuit else None})
+        save_figure(head_importance(r.graph, r.scores), out / f"head_importance_{stem}")
+        if circuit is not None:
+            save_figure(circuit_graph(circuit), out / f"circuit_{stem}")
+
+
+def _discovery_report(task: str, method: str, results: dict, pair: tuple[str, str] | None, as_json: bool) -> None:
+    from circuitry.circuits import compare
+
+    obj = {"task": task, "method": method, "models": {n: r.to_dict() for n, r in results.items()}}
+    lines = [f"{'model':<14} {'edges@0.9':>10} {'heads@0.9':>10} {'edges@0.8':>10} {'heads@0.8':>10} {'m(full)':>9} {'m(empty)':>9} {'CPR':>6} {'seconds':>8}"]
+    for n, r in results.items():
+        d = r.to_dict()
+        lines.append(f"{Path(n).name:<14} {str(d['edges_at_0.9']):>10} {str(d['heads_at_0.9']):>10} {str(d['edges_at_0.8']):>10} "
+                     f"{str(d['heads_at_0.8']):>10} {d['m_full']:>9.3f} {d['m_empty']:>9.3f} {d['cpr']:>6.3f} {d['seconds']:>8.1f}")  # fmt: skip
+    lines.append(f"(of {r.graph.n_edges} edges; {r.n_prompts} prompts to score, {r.n_prompts} fresh ones to evaluate)")
+    if pair is not None:
+        ratios = compare(results, *pair)
+        obj.update(ratios)
+        lines.append(f"dense/sparse at f>=0.9: edges x{ratios['edge_ratio_at_0.9']}, heads x{ratios['head_ratio_at_0.9']}; "
+                     f"at f>=0.8: edges x{ratios['edge_ratio_at_0.8']}, heads x{ratios['head_ratio_at_0.8']}")  # fmt: skip
+    _emit(obj, as_json, lines)
+
+
+@app.command("discover")
+@one_line_errors
+def discover_cmd(
+    task: str = typer.Option("ioi", "--task", help="Built-in task or a .json/.jsonl file."),
+    model: Optional[str] = typer.Option(None, "--model", help="One model; default: tiny-sparse and its dense parent."),
+    method: str = typer.Option("eap", "--method", help="eap, eap-ig or exact."),
+    n_prompts: int = typer.Option(100, "--n-prompts"),
+    corruption: Optional[str] = typer.Option(None, "--corruption"),
+    seed: int = typer.Option(0, "--seed"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write circuit JSON and HTML plots here."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Circuit discovery with faithfulness by patched forwards; dense vs sparse side by side by default."""
+    models = [model] if model else ["tiny-dense", "tiny-sparse"]
+    results = _discover_models(task, models, method, n_prompts, corruption, seed, out)
+    _discovery_report(task, method, results, None if model else ("tiny-dense", "tiny-sparse"), as_json)
+
+
+@app.command("compare")
+@one_line_errors
+def compare_cmd(
+    task: str = typer.Option(..., "--task"),
+    dense: str = typer.Option("tiny-dense", "--dense"),
+    sparse: str = typer.Option("tiny-sparse", "--sparse"),
+    method: str = typer.Option("eap", "--method"),
+    n_prompts: int = typer.Option(100, "--n-prompts"),
+    corruption: Optional[str] = typer.Option(None, "--corruption"),
+    seed: int = typer.Option(0, "--seed"),
+    out: Optional[Path] = typer.Option(None, "--out"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Edges and heads a circuit needs on a dense and a sparse model, and their ratio."""
+    if dense == sparse:
+        raise CircuitryError("--dense and --sparse name the same model")
+    results = _discover_models(task, [dense, sparse], method, n_prompts, corruption, seed, out)
+    _discovery_report(task, method, results, (dense, sparse), as_json)
+
+
 @zoo_app.command("build")
 @one_line_errors
 def zoo_build_cmd(

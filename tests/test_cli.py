@@ -67,3 +67,57 @@ def test_console_script_exit_code_offline():
     proc = subprocess.run([sys.executable, "-m", "circuitry.cli", "eval", "--task", "nope"], capture_output=True, text=True, env=env)
     assert proc.returncode == 1
     assert proc.stderr.strip() == "error: unknown task 'nope'; built-in tasks: ioi, greater-than, induction, sva, docstring (or a .json/.jsonl file)"
+
+
+def test_sparsify_and_connectivity_commands(tmp_path):
+    out = tmp_path / "sp"
+    res = runner.invoke(app, ["sparsify", "--out", str(out), "--steps", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    meta = json.loads(res.stdout.strip().splitlines()[-1])
+    assert meta["kind"] == "sparse" and meta["parent"] == "tiny-dense"
+    assert (out / "plots" / "training_curves.html").exists() and (out / "plots" / "head_connectivity.html").exists()
+    res = runner.invoke(app, ["connectivity", "--model", str(out), "--n", "16", "--json"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout)
+    assert {"model", "connectivity", "keys_per_query", "floor", "ce", "per_layer"} <= rep.keys()
+    assert rep["floor"] == 2 / 65 and len(rep["per_layer"]) == 4 and 0 < rep["connectivity"] <= 1
+    res = runner.invoke(app, ["sparsify", "--out", str(out), "--steps", "2"])
+    assert res.exit_code == 1 and "already holds a model" in res.stderr  # never overwrites a finished model
+
+
+def test_zoo_build_then_eval_the_built_model(tmp_path):
+    out = tmp_path / "built"
+    res = runner.invoke(app, ["zoo", "build", "--out", str(out), "--steps", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    meta = json.loads(res.stdout.strip().splitlines()[-1])
+    assert meta["pretrain_config"]["steps"] == 3 and meta["heldout_ce"] > 0
+    res = runner.invoke(app, ["eval", "--task", "sva", "--model", str(out), "--n", "10", "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["n"] == 10
+    res = runner.invoke(app, ["zoo", "build", "--out", str(out), "--steps", "3", "--resume"])
+    assert res.exit_code == 1 and "nothing to resume" in res.stderr
+
+
+def test_discover_single_model_json_and_files(tmp_path):
+    res = runner.invoke(app, ["discover", "--task", "ioi", "--model", "tiny-dense", "--n-prompts", "12", "--out", str(tmp_path), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    m = out["models"]["tiny-dense"]
+    assert out["task"] == "ioi" and out["method"] == "eap"
+    assert {"edges_total", "edges_at_0.9", "heads_at_0.9", "edges_at_0.8", "heads_at_0.8", "faithfulness_curve", "seconds"} <= m.keys()
+    assert m["edges_total"] == 1519 and m["faithfulness_curve"][-1] == [1519, 1.0]
+    assert (tmp_path / "circuit_tiny-dense.json").exists() and (tmp_path / "faithfulness_curves.html").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--task", "nope"], "unknown task"),
+        (["--n-prompts", "0"], "positive"),
+        (["--corruption", "zzz", "--model", "tiny-dense"], "no corruption"),
+        (["--method", "magic"], "unknown method"),
+        (["--model", "no-such-model"], "unknown model"),
+    ],
+)
+def test_discover_bad_input(args, message):
+    res = runner.invoke(app, ["discover", *args])
+    assert res.exit_code == 1 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr

@@ -19,7 +19,7 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from circuitry.checkpoint import load_checkpoint, save_checkpoint
+from circuitry.checkpoint import prepare_run_dir, resume_run, save_checkpoint
 from circuitry.errors import CircuitryError
 from circuitry.zoo.language import SyntheticLanguage
 from circuitry.zoo.registry import build_model, save_model
@@ -46,7 +46,7 @@ class PretrainConfig:
     seed: int = 0
     checkpoint_every: int = 200
     log_every: int = 20
-    heldout_sequences: int = 256
+    heldout_sequences: int = 1024
 
     def arch(self, d_vocab: int) -> dict[str, Any]:
         return {
@@ -103,12 +103,7 @@ def lr_at(cfg: PretrainConfig, step: int) -> float:
 def pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False, name: str = "tiny-dense", progress: bool = True):
     """Train and write a model directory at ``out``; returns the model. Resumes from ``out``'s checkpoint."""
     out = Path(out)
-    ckpt = out / CHECKPOINT
-    if ckpt.exists() and not resume:
-        raise CircuitryError(f"{ckpt} exists: pass --resume to continue it, or choose another --out")
-    if resume and not ckpt.exists():
-        raise CircuitryError(f"nothing to resume: no {ckpt}")
-    out.mkdir(parents=True, exist_ok=True)
+    ckpt = prepare_run_dir(out, resume, CHECKPOINT)
     tokenizer = build_tokenizer()
     stream = TokenStream(tokenizer)
     model = build_model(cfg.arch(len(tokenizer)), tokenizer, seed=cfg.seed)
@@ -121,9 +116,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False, name: s
     )  # fmt: skip
     start, elapsed = 0, 0.0
     if resume:
-        start, state, _ = load_checkpoint(ckpt, model, opt)
-        if state.get("config") != asdict(cfg):
-            raise CircuitryError(f"{ckpt} was made with a different config; rerun with the same options")
+        start, state = resume_run(ckpt, model, opt, asdict(cfg))
         elapsed = state.get("elapsed", 0.0)
     t0 = time.time() - elapsed
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"pretrain {name}", disable=not progress)

@@ -63,6 +63,9 @@ def save_model(model, directory: str | Path, meta: dict[str, Any] | None = None)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = {k: getattr(model.cfg, k) for k in ARCH_KEYS}
+    gates = getattr(model, "gates", None)
+    if gates is not None:
+        config["gates"] = {"renormalise": gates.renormalise}
     weights = _weights(model)
     fp = fingerprint(weights)
     save_tensors(directory / "model.safetensors", weights, {"kind": "model", "fingerprint": fp, "config": config})
@@ -76,11 +79,17 @@ def save_model(model, directory: str | Path, meta: dict[str, Any] | None = None)
 def build_model(config: dict[str, Any], tokenizer=None, seed: int | None = None):
     """A freshly initialised HookedTransformer (global RNG untouched) from architecture fields."""
     tl = _quiet_tl()
+    arch = {k: v for k, v in config.items() if k != "gates"}
     with torch.random.fork_rng():
         if seed is not None:
             torch.manual_seed(seed)
-        cfg = tl.HookedTransformerConfig(**config, device="cpu", seed=None)
-        return tl.HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+        cfg = tl.HookedTransformerConfig(**arch, device="cpu", seed=None)
+        model = tl.HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    if "gates" in config:  # a sparse model: gates on, deterministic (eval mode)
+        from circuitry.sparsity.gates import attach_gates
+
+        attach_gates(model, mode="eval", renormalise=bool(config["gates"].get("renormalise", False)))
+    return model
 
 
 def load_model_dir(directory: str | Path, name: str | None = None):

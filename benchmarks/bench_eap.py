@@ -1,0 +1,58 @@
+"""EAP / EAP-IG / exact patching on tiny-dense IOI: timings and agreement with exact patching.
+
+Usage: OMP_NUM_THREADS=1 python benchmarks/bench_eap.py
+"""
+
+import os
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
+
+from circuitry import get_task, load_model  # noqa: E402
+from circuitry.circuits import Graph, eap_scores, exact_edge_scores, faithfulness_curve  # noqa: E402
+
+N_EAP, N_EXACT, SEED, BATCH = 200, 20, 0, 50
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def main() -> None:
+    model = load_model("tiny-dense")
+    task = get_task("ioi", model)
+    graph = Graph.from_model(model)
+    print(f"torch threads {torch.get_num_threads()}; {graph}")
+
+    _, t = timed(lambda: eap_scores(model, task, graph, "eap", n=N_EAP, seed=SEED, batch_size=BATCH))
+    print(f"EAP        {N_EAP} IOI pairs: {t:6.2f} s")
+    _, t = timed(lambda: eap_scores(model, task, graph, "eap-ig", ig_steps=5, n=N_EAP, seed=SEED, batch_size=BATCH))
+    print(f"EAP-IG (5) {N_EAP} IOI pairs: {t:6.2f} s")
+
+    small = task.tokenize(task.pairs(N_EXACT, SEED))
+    exact, t = timed(lambda: exact_edge_scores(model, small, graph, metric=task))
+    print(f"exact patching, all {graph.n_edges} edges, {N_EXACT} pairs: {t:6.2f} s")
+
+    top = exact.abs().topk(200).indices
+    print(f"Spearman vs exact ({N_EXACT} pairs, seed {SEED}; top-200 edges by |exact| / all edges):")
+    for name, kwargs in (("EAP", {"method": "eap"}), ("EAP-IG (5)", {"method": "eap-ig", "ig_steps": 5})):
+        same = eap_scores(model, small, graph, metric=task, **kwargs)
+        big = eap_scores(model, task, graph, n=N_EAP, seed=SEED, batch_size=BATCH, **kwargs)
+        rho = [spearmanr(s[top], exact[top])[0] for s in (same, big)] + [spearmanr(s, exact)[0] for s in (same, big)]
+        print(f"  {name:11s} same {N_EXACT} pairs: {rho[0]:.3f} / {rho[2]:.3f}", end="")
+        print(f"   from {N_EAP} pairs (exact still from {N_EXACT}): {rho[1]:.3f} / {rho[3]:.3f}")
+        curve, t = timed(lambda: faithfulness_curve(model, task, graph, big, n=100, seed=SEED + 1, batch_size=BATCH))
+        print(
+            f"    faithfulness (100 held-out pairs, {t:.1f} s): CPR {curve.cpr:.3f} CMD {curve.cmd:.3f}; "
+            f"f>=0.8 at {curve.edges_80} edges / {curve.heads_80} heads, "
+            f"f>=0.9 at {curve.edges_90} edges / {curve.heads_90} heads"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""Circuit discovery: component graphs, edge attribution patching (EAP, EAP-IG), exact patching,
+circuit selection and faithfulness by real forward passes.
+
+    graph = Graph.from_model(model)                        # nodes, edges, per-edge scores
+    scores = eap_scores(model, task, graph, method="eap")  # or "eap-ig"
+    circuit = select_circuit(graph, scores, "top-n", n=200)
+    faithfulness(model, task, graph, circuit).f
+    faithfulness_curve(model, task, graph, scores)         # points, CPR, CMD, f >= 0.8 / 0.9
+"""
+
+from circuitry.circuits.discover import METHODS, Discovery, compare, discover
+from circuitry.circuits.evaluate import (
+    CurvePoint,
+    Faithfulness,
+    FaithfulnessCurve,
+    default_grid,
+    faithfulness,
+    faithfulness_curve,
+    metric_means,
+)
+from circuitry.circuits.graph import Graph, graph_flags, record_sources
+from circuitry.circuits.patching import ablated_sources, exact_edge_scores, patched_logits, run_with_edges
+from circuitry.circuits.scoring import eap_scores
+from circuitry.circuits.selection import Circuit, greedy, prune, select_circuit, threshold, top_n
+
+__all__ = [
+    "discover", "compare", "Discovery", "METHODS", "Graph", "graph_flags", "record_sources", "eap_scores", "exact_edge_scores", "run_with_edges", "patched_logits",
+    "ablated_sources", "Circuit", "select_circuit", "top_n", "threshold", "greedy", "prune", "faithfulness",
+    "faithfulness_curve", "metric_means", "default_grid", "Faithfulness", "FaithfulnessCurve", "CurvePoint",
+]  # fmt: skip

@@ -1,0 +1,96 @@
+"""One call from a model and a task to a scored graph, a faithfulness curve and the f >= 0.9 circuit.
+
+Scores come from one prompt set (``seed``), faithfulness is measured on a fresh one (``seed + 1``)
+so the curve is not evaluated on the prompts that chose the edges.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from circuitry.circuits.evaluate import FaithfulnessCurve, default_grid, faithfulness_curve
+from circuitry.circuits.graph import Graph
+from circuitry.circuits.patching import exact_edge_scores
+from circuitry.circuits.scoring import eap_scores
+from circuitry.circuits.selection import Circuit, prune, top_n
+from circuitry.errors import CircuitryError
+from circuitry.tasks.base import Task
+
+METHODS = ("eap", "eap-ig", "exact")
+
+
+@dataclass
+class Discovery:
+    model: str
+    task: str
+    method: str
+    n_prompts: int
+    graph: Graph = field(repr=False)
+    scores: Float[Tensor, " edge"] = field(repr=False)
+    curve: FaithfulnessCurve = field(repr=False)
+    seconds: float = 0.0
+
+    def circuit(self, target: float = 0.9) -> Circuit | None:
+        """The smallest curve circuit reaching f >= target (None if none does)."""
+        ok = [p for p in self.curve.points if p.f >= target]
+        if not ok:
+            return None
+        best = min(ok, key=lambda p: (p.n_edges, p.budget))
+        return Circuit.from_mask(self.graph, prune(self.graph, top_n(self.graph, self.scores, best.budget)), self.scores)
+
+    def to_dict(self) -> dict[str, Any]:
+        c = self.curve
+        return {
+            "model": self.model, "task": self.task, "method": self.method, "n_prompts": self.n_prompts,
+            "edges_total": self.graph.n_edges, "heads_total": self.graph.n_layers * self.graph.n_heads,
+            "edges_at_0.9": c.edges_90, "heads_at_0.9": c.heads_90, "edges_at_0.8": c.edges_80, "heads_at_0.8": c.heads_80,
+            "faithfulness_curve": [[p.n_edges, round(p.f, 5)] for p in c.points],
+            "m_full": round(c.m_full, 5), "m_empty": round(c.m_empty, 5), "cpr": round(c.cpr, 5), "cmd": round(c.cmd, 5),
+            "seconds": round(self.seconds, 2),
+        }  # fmt: skip
+
+
+def discover(
+    model,
+    task: Task,
+    method: str = "eap",
+    n_prompts: int = 100,
+    seed: int = 0,
+    ablation: str = "corrupt",
+    ig_steps: int = 5,
+    grid_points: int = 24,
+    batch_size: int = 50,
+) -> Discovery:
+    """Score every edge with ``method``, then measure faithfulness of top-k circuits by patched forwards."""
+    if method not in METHODS:
+        raise CircuitryError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if n_prompts <= 0:
+        raise CircuitryError(f"number of prompts must be positive, got {n_prompts}")
+    t0 = time.time()
+    graph = Graph.from_model(model)
+    if method == "exact":
+        scores = exact_edge_scores(model, task, graph, ablation, n=n_prompts, seed=seed, batch_size=batch_size)
+    else:
+        scores = eap_scores(model, task, graph, method, ig_steps=ig_steps, ablation=ablation, n=n_prompts, seed=seed, batch_size=batch_size)
+    scores = torch.nan_to_num(scores)
+    curve = faithfulness_curve(
+        model, task, graph, scores, ablation, default_grid(graph.n_edges, grid_points), n=n_prompts, seed=seed + 1, batch_size=batch_size
+    )
+    name = getattr(model.cfg, "model_name", "model")
+    return Discovery(name, task.name, method, n_prompts, graph, scores, curve, time.time() - t0)
+
+
+def compare(results: dict[str, Discovery], dense: str, sparse: str) -> dict[str, float | None]:
+    """Dense/sparse ratios of edges and heads needed for f >= 0.9 and 0.8 (None where undefined)."""
+
+    def ratio(key: str) -> float | None:
+        a, b = results[dense].to_dict()[key], results[sparse].to_dict()[key]
+        return round(a / b, 3) if a and b else None
+
+    return {f"{w}_ratio_at_{t}": ratio(f"{w}s_at_{t}") for w in ("edge", "head") for t in ("0.9", "0.8")}

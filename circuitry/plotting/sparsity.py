@@ -1,0 +1,61 @@
+"""Figures for sparse attention: patterns dense vs sparse, training curves, per-head connectivity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+
+
+@torch.no_grad()
+def attention_patterns(models: dict, prompt: str, layer: int, heads: list[int] | None = None) -> go.Figure:
+    """Heatmaps of ``blocks.{layer}.attn.hook_pattern`` on ``prompt``: one row per model, one column per head."""
+    names = list(models)
+    first = models[names[0]]
+    heads = heads if heads is not None else list(range(first.cfg.n_heads))
+    labels = [f"{i}:{t}" for i, t in enumerate(first.to_str_tokens(prompt))]
+    fig = make_subplots(rows=len(names), cols=len(heads), subplot_titles=[f"{n} L{layer}H{h}" for n in names for h in heads],
+                        horizontal_spacing=0.02, vertical_spacing=0.08)  # fmt: skip
+    for r, name in enumerate(names, start=1):
+        model = models[name]
+        _, cache = model.run_with_cache(model.to_tokens(prompt), names_filter=f"blocks.{layer}.attn.hook_pattern")
+        pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0]
+        for c, h in enumerate(heads, start=1):
+            fig.add_trace(go.Heatmap(z=pattern[h].numpy(), x=labels, y=labels, zmin=0, zmax=1, colorscale="Blues",
+                                     showscale=(r == 1 and c == len(heads)),
+                                     hovertemplate="query %{y}<br>key %{x}<br>weight %{z:.3f}<extra></extra>"), r, c)  # fmt: skip
+            fig.update_yaxes(autorange="reversed", showticklabels=c == 1, row=r, col=c)
+            fig.update_xaxes(showticklabels=False, row=r, col=c)
+    fig.update_layout(title=f"Attention patterns, layer {layer}: {prompt!r}", height=320 * len(names), width=max(600, 260 * len(heads)))
+    return fig
+
+
+def training_curves(log_path: str | Path) -> go.Figure:
+    """CE (with target), expected connectivity and λ per step from a sparsify JSONL log."""
+    rows = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
+    steps = [r["step"] for r in rows]
+    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, subplot_titles=["cross-entropy", "expected connectivity", "λ"])
+    fig.add_trace(go.Scatter(x=steps, y=[r["ce"] for r in rows], name="CE (batch)", line=dict(width=1)), 1, 1)
+    fig.add_trace(go.Scatter(x=steps, y=[r["ce_ema"] for r in rows], name="CE (EMA)"), 1, 1)
+    fig.add_trace(go.Scatter(x=steps, y=[r["target"] for r in rows], name="CE target", line=dict(dash="dash")), 1, 1)
+    fig.add_trace(go.Scatter(x=steps, y=[r["connectivity"] for r in rows], name="connectivity"), 2, 1)
+    fig.add_trace(go.Scatter(x=steps, y=[r["lambda"] for r in rows], name="λ"), 3, 1)
+    fig.update_yaxes(type="log", row=2, col=1)
+    fig.update_yaxes(type="log", row=3, col=1)
+    fig.update_xaxes(title="step", row=3, col=1)
+    fig.update_layout(title="Sparse post-training", height=750, width=800)
+    return fig
+
+
+def head_connectivity(report) -> go.Figure:
+    """Layer x head heatmap of the share of causal edges each head keeps."""
+    per_head = report.per_head if hasattr(report, "per_head") else report["per_head"]
+    name = report.model if hasattr(report, "model") else report["model"]
+    fig = go.Figure(go.Heatmap(z=per_head, x=[f"H{h}" for h in range(len(per_head[0]))], y=[f"L{l}" for l in range(len(per_head))],
+                               colorscale="Viridis", zmin=0, hovertemplate="%{y} %{x}<br>edges kept %{z:.4f}<extra></extra>"))  # fmt: skip
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(title=f"Per-head connectivity: {name}", width=600, height=400)
+    return fig

@@ -1,0 +1,122 @@
+"""Connectivity: which share of the causal query->key edges the gates keep.
+
+Reported connectivity is the fraction of causal (query, key) pairs, over batch, layers and heads,
+with a deterministic gate z = 1[g > 0]; expected connectivity (the training regulariser) is the
+mean of sigmoid(g) over the same pairs. For causal attention at least one key per query is needed,
+so the floor is T / (T (T + 1) / 2) = 2 / (T + 1) of the edges for a length-T sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from circuitry.errors import CircuitryError
+from circuitry.sparsity.gates import AttentionGates
+
+
+def floor(seq_len: int) -> float:
+    """Connectivity of exactly one key per query for a length-T causal sequence."""
+    return 2.0 / (seq_len + 1)
+
+
+def pair_mask(logits: Float[Tensor, "batch head q k"], valid: Bool[Tensor, "batch pos"] | None) -> Bool[Tensor, "batch head q k"]:
+    """Causal pairs (finite gate logits) whose query and key are both real tokens (not right padding)."""
+    causal = torch.isfinite(logits)
+    if valid is None:
+        return causal
+    return causal & valid[:, None, :, None] & valid[:, None, None, :]
+
+
+def expected_connectivity(gates: AttentionGates, valid: Bool[Tensor, "batch pos"] | None = None) -> Float[Tensor, ""]:
+    """Mean sigmoid(gate logit) over all causal pairs of the last forward (differentiable)."""
+    if not gates.last_logits:
+        raise CircuitryError("no gate logits recorded: run a forward pass with the gates attached first")
+    total, count = 0.0, 0
+    for logits in gates.last_logits.values():
+        soft = torch.sigmoid(logits)  # exactly 0 on masked (-inf) entries
+        if valid is None:
+            total = total + soft.sum()
+            count += int(torch.isfinite(logits).sum())
+        else:
+            mask = pair_mask(logits, valid)
+            total = total + torch.where(mask, soft, 0.0).sum()
+            count += int(mask.sum())
+    return total / count
+
+
+@dataclass
+class ConnectivityReport:
+    model: str
+    connectivity: float  # share of causal edges kept (deterministic gates)
+    keys_per_query: float  # mean number of keys kept per (query, head)
+    floor: float  # one key per query; 2 / (T + 1) when every sequence has length T
+    seq_len: float
+    n_sequences: int
+    per_layer: list[float] = field(default_factory=list)
+    per_head: list[list[float]] = field(default_factory=list)  # [layer][head]
+    ce: float | None = None  # held-out cross-entropy with gates on, when measured
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def measure_connectivity(model, tokens: Tensor, valid: Bool[Tensor, "batch pos"] | None = None, batch_size: int = 64) -> ConnectivityReport:
+    """Deterministic-gate connectivity of ``model`` on ``tokens`` (a model without gates keeps all edges)."""
+    cfg = model.cfg
+    gates: AttentionGates | None = getattr(model, "gates", None)
+    kept = torch.zeros(cfg.n_layers, cfg.n_heads, dtype=torch.float64)
+    pairs = torch.zeros(cfg.n_layers, dtype=torch.float64)
+    queries = 0.0
+    for start in range(0, tokens.shape[0], batch_size):
+        chunk = tokens[start : start + batch_size]
+        v = valid[start : start + batch_size] if valid is not None else torch.ones_like(chunk, dtype=torch.bool)
+        n_q = float(v.sum())
+        queries += n_q
+        per_seq = v.sum(1).double()
+        n_pairs = float((per_seq * (per_seq + 1) / 2).sum())
+        if gates is None:
+            kept += n_pairs
+            pairs += n_pairs
+            continue
+        mode = gates.mode
+        gates.set_mode("eval")
+        try:
+            model(chunk)
+        finally:
+            gates.set_mode(mode)
+        for layer, logits in gates.last_logits.items():
+            kept[layer] += ((logits > 0) & pair_mask(logits, v)).sum((0, 2, 3)).double()
+            pairs[layer] += n_pairs
+    per_head = kept / pairs[:, None]
+    lengths = valid.sum(1).double() if valid is not None else torch.full((tokens.shape[0],), float(tokens.shape[1]))
+    return ConnectivityReport(
+        model=getattr(cfg, "model_name", "model"),
+        connectivity=float(kept.sum() / (pairs.sum() * cfg.n_heads)),
+        keys_per_query=float(kept.sum() / (queries * cfg.n_layers * cfg.n_heads)),
+        floor=queries / float(pairs[0]),  # one key per query: sum T / sum T(T+1)/2
+        seq_len=float(lengths.mean()),
+        n_sequences=int(tokens.shape[0]),
+        per_layer=[round(float(x), 6) for x in per_head.mean(1)],
+        per_head=[[round(float(x), 6) for x in row] for row in per_head],
+    )
+
+
+def connectivity_report(model, task=None, n: int = 256, seed: int = 1) -> ConnectivityReport:
+    """Connectivity on held-out synthetic text (with held-out CE), or on ``n`` clean prompts of ``task``."""
+    from circuitry.zoo.pretrain import TokenStream, heldout_ce
+
+    if n <= 0:
+        raise CircuitryError(f"number of sequences must be positive, got {n}")
+    if task is None:
+        stream = TokenStream(model.tokenizer)
+        report = measure_connectivity(model, stream.heldout(n, model.cfg.n_ctx))
+        report.ce = round(heldout_ce(model, stream, n), 5)
+        return report
+    batch = task.tokenize(task.pairs(n, seed))
+    valid = torch.arange(batch.clean.shape[1])[None, :] <= batch.answer_pos[:, None]
+    return measure_connectivity(model, batch.clean, valid)

@@ -1,0 +1,155 @@
+"""Input-dependent sparsity gates on every attention head (arXiv 2512.05865, DESIGN.md §1.1).
+
+Gate logit per head h, query i, key j <= i:  g_ij = s_ij + b_h, with s_ij the ordinary scaled
+pre-softmax score (``hook_attn_scores``) and b_h a per-head bias. The pattern at ``hook_pattern``
+is multiplied by the gate z_ij:
+
+- ``train``: z = 1[g + eps > 0], eps ~ Logistic(0, 1), with the straight-through gradient of
+  sigmoid(g + eps) (hard forward, soft backward);
+- ``eval``: z = 1[g > 0] (deterministic);
+- ``off``: z = 1 (the hooks only record gate logits, e.g. to measure connectivity).
+
+No renormalisation after gating unless ``renormalise=True`` (rows may then sum to < 1).
+TransformerLens fills causal-masked scores with -inf. The gate logits keep those -inf entries (the
+gate is shut there); they are only added to, never multiplied, and the straight-through gradient
+sigmoid'(-inf) is 0, so every gradient stays finite (tested).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from circuitry.errors import CircuitryError
+
+GateMode = Literal["train", "eval", "off"]
+MODES = ("train", "eval", "off")
+
+
+class AttentionGates(nn.Module):
+    """The gate parameters (one bias per layer and head) and the hooks that apply them.
+
+    Attach with :func:`attach_gates`; it registers this module as ``model.gates`` so the biases
+    train with the model and save with its state dict.
+    """
+
+    def __init__(
+        self,
+        n_layers: int,
+        n_heads: int,
+        bias_init: float = 2.0,
+        learn_bias: bool = True,
+        mode: GateMode = "eval",
+        renormalise: bool = False,
+    ):
+        super().__init__()
+        self.bias = nn.Parameter(torch.full((n_layers, n_heads), float(bias_init)), requires_grad=learn_bias)
+        self.mode: GateMode = mode
+        self.renormalise = renormalise
+        self.last_logits: dict[int, Float[Tensor, "batch head q k"]] = {}  # -inf where causally masked
+        self.record = True  # keep the last gate logits per layer (for connectivity)
+        self._handles: list[tuple[object, object]] = []
+
+    def set_mode(self, mode: GateMode) -> "AttentionGates":
+        if mode not in MODES:
+            raise CircuitryError(f"unknown gate mode {mode!r}; choose from {', '.join(MODES)}")
+        self.mode = mode
+        return self
+
+    def gate_logits(self, scores: Float[Tensor, "batch head q k"], layer: int) -> Float[Tensor, "batch head q k"]:
+        """score + per-head bias. Masked entries stay -inf (gate always shut): they are only ever
+        added to, never multiplied, and sigmoid'(-inf) = 0, so every gradient stays finite."""
+        return scores + self.bias[layer].to(scores.dtype)[None, :, None, None]
+
+    def gate_values(self, logits: Float[Tensor, "batch head q k"]) -> Float[Tensor, "batch head q k"]:
+        if self.mode == "train":
+            noisy = logits + torch.logit(torch.rand_like(logits), eps=1e-6)  # + Logistic(0, 1) noise
+            return _StraightThroughGate.apply(noisy)
+        if self.mode == "eval":
+            return (logits > 0).to(logits.dtype)
+        return torch.isfinite(logits).to(logits.dtype)
+
+    def _scores_hook(self, scores: Tensor, hook, layer: int) -> None:
+        self.last_logits[layer] = self.gate_logits(scores, layer)
+
+    def _pattern_hook(self, pattern: Tensor, hook, layer: int) -> Tensor | None:
+        logits = self.last_logits[layer] if self.record else self.last_logits.pop(layer)
+        if self.mode == "off":
+            return None
+        out = pattern * self.gate_values(logits)
+        if self.renormalise:
+            out = out / out.sum(-1, keepdim=True).clamp_min(1e-9)
+        return out
+
+
+def attach_gates(
+    model,
+    bias_init: float = 2.0,
+    mode: GateMode = "eval",
+    renormalise: bool = False,
+    learn_bias: bool = True,
+    gates: AttentionGates | None = None,
+) -> AttentionGates:
+    """Put gates on every attention layer of a HookedTransformer (``model.gates``); returns them.
+
+    Works on any HookedTransformer: the hooks only read ``hook_attn_scores`` and scale
+    ``hook_pattern``, whose shapes are [batch, head, query, key] for every attention variant.
+    """
+    if getattr(model, "gates", None) is not None:
+        raise CircuitryError("this model already has gates attached; detach_gates(model) first")
+    cfg = model.cfg
+    if gates is None:
+        gates = AttentionGates(cfg.n_layers, cfg.n_heads, bias_init, learn_bias, mode, renormalise)
+    elif tuple(gates.bias.shape) != (cfg.n_layers, cfg.n_heads):
+        raise CircuitryError(f"gates are for {tuple(gates.bias.shape)} (layers, heads); model has {(cfg.n_layers, cfg.n_heads)}")
+    gates.set_mode(mode)
+    gates.to(next(model.parameters()).device)
+    for layer, block in enumerate(model.blocks):
+        for point, fn in ((block.attn.hook_attn_scores, gates._scores_hook), (block.attn.hook_pattern, gates._pattern_hook)):
+            point.add_hook(_bind(fn, layer), is_permanent=True)
+            gates._handles.append((point, point.fwd_hooks[-1]))
+    model.gates = gates  # registers the biases as model parameters
+    return gates
+
+
+def detach_gates(model) -> AttentionGates | None:
+    """Remove the gate hooks and the ``gates`` submodule; the model is dense again, bit for bit."""
+    gates = getattr(model, "gates", None)
+    if gates is None:
+        return None
+    for point, handle in gates._handles:
+        handle.hook.remove()
+        point.fwd_hooks.remove(handle)
+    gates._handles.clear()
+    gates.last_logits.clear()
+    del model.gates
+    return gates
+
+
+class _StraightThroughGate(torch.autograd.Function):
+    """Forward: the hard gate 1[noisy > 0]. Backward: the gradient of sigmoid(noisy)
+    (straight-through), recomputed rather than stored; it is 0 where noisy = -inf."""
+
+    @staticmethod
+    def forward(ctx, noisy: Tensor) -> Tensor:
+        ctx.save_for_backward(noisy)
+        return (noisy > 0).to(noisy.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (noisy,) = ctx.saved_tensors
+        s = torch.sigmoid(noisy)
+        return grad * (s * (1 - s))
+
+
+def _bind(fn, layer: int):
+    """A hook ``fn(tensor, hook)`` with the layer index bound (TransformerLens passes ``hook=``)."""
+
+    def hook_fn(tensor, hook):
+        return fn(tensor, hook, layer)
+
+    hook_fn.__name__ = f"gate_{fn.__name__}_L{layer}"
+    return hook_fn

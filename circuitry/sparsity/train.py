@@ -1,0 +1,131 @@
+"""Sparse attention post-training: minimise expected connectivity subject to CE <= target.
+
+Lagrangian (GECO-style) form: L = connectivity + λ (CE - CE_target); every model weight and the
+gate biases are trained, λ >= 0 follows multiplicative dual ascent on an EMA of the constraint,
+λ <- λ exp(η (CE_ema - CE_target)). The target defaults to the dense model's held-out CE times
+(1 + tolerance). Logs (step, CE, connectivity, λ) to JSONL; checkpoints hold weights, AdamW
+state, λ, the EMA and the torch RNG (the Gumbel noise), and data are indexed by step, so a
+resumed run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from circuitry.checkpoint import prepare_run_dir, resume_run, save_checkpoint
+from circuitry.errors import CircuitryError
+from circuitry.sparsity.connectivity import expected_connectivity, measure_connectivity
+from circuitry.sparsity.gates import attach_gates
+from circuitry.zoo.pretrain import TokenStream, heldout_ce
+from circuitry.zoo.registry import save_model
+
+CHECKPOINT = "checkpoint.safetensors"
+LOG = "sparsify_log.jsonl"
+QK_PARAMS = ("W_Q", "W_K", "b_Q", "b_K", "_W_K", "_b_K")  # TransformerLens names (GQA keys are _W_K/_b_K)
+
+
+@dataclass
+class SparsifyConfig:
+    steps: int = 3500
+    batch_size: int = 32
+    lr: float = 1e-4  # model weights: low, so the dense solution is kept while gates close
+    qk_lr: float = 1e-4  # query/key weights (a separate group so large runs can raise it)
+    bias_lr: float = 2e-2  # gate biases: each head's threshold moves fast
+    warmup: int = 50
+    tolerance: float = 0.0
+    target_ce: float | None = None  # None: dense held-out CE x (1 + tolerance)
+    bias_init: float = 5.0  # gates start open: sigmoid(score + 5) ~ 1 for most edges
+    lambda_init: float = 100.0  # start CE-dominated; λ falls while CE is under target
+    dual_lr: float = 0.3  # η of the multiplicative dual update
+    lambda_max: float = 1e4
+    ema: float = 0.95
+    grad_clip: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 100
+    log_every: int = 10
+    heldout_sequences: int = 1024
+
+
+def sparsify(
+    model, out: str | Path, cfg: SparsifyConfig, resume: bool = False, name: str = "tiny-sparse", parent: str = "tiny-dense", progress: bool = True
+):
+    """Post-train ``model`` (dense, with a tokenizer) in place into a gated sparse model written to ``out``."""
+    out = Path(out)
+    ckpt = prepare_run_dir(out, resume, CHECKPOINT)
+    stream = TokenStream(model.tokenizer)
+    dense_ce = heldout_ce(model, stream, cfg.heldout_sequences)
+    target = cfg.target_ce if cfg.target_ce is not None else dense_ce * (1 + cfg.tolerance)
+    gates = attach_gates(model, bias_init=cfg.bias_init, mode="train")
+    model.train()
+    groups: dict[str, list] = {"weights": [], "qk": [], "bias": [gates.bias]}
+    for n, p in model.named_parameters():
+        if not n.startswith("gates."):
+            groups["qk" if n.split(".")[-1] in QK_PARAMS else "weights"].append(p)
+    lrs = {"weights": cfg.lr, "qk": cfg.qk_lr, "bias": cfg.bias_lr}
+    opt = torch.optim.AdamW(
+        [{"params": groups[k], "lr": lrs[k], "base_lr": lrs[k]} for k in groups], betas=(0.9, 0.98), weight_decay=0.0
+    )
+    torch.manual_seed(cfg.seed)
+    start, lam, ce_ema, elapsed = 0, cfg.lambda_init, None, 0.0
+    if resume:
+        start, state = resume_run(ckpt, model, opt, asdict(cfg))
+        lam, ce_ema, elapsed = state["lambda"], state["ce_ema"], state["elapsed"]
+    t0 = time.time() - elapsed
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"sparsify {name}", disable=not progress)
+    with open(out / LOG, "a" if resume else "w") as log:
+        for step in bar:
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * min(1.0, (step + 1) / cfg.warmup)
+            tokens = stream.batch(f"sparsify|{cfg.seed}|{step}", cfg.batch_size, model.cfg.n_ctx)
+            ce = model(tokens, return_type="loss")
+            conn = expected_connectivity(gates)
+            loss = conn + lam * ce  # same gradients as conn + λ (CE - target)
+            if not (torch.isfinite(loss) and torch.isfinite(ce)):
+                raise CircuitryError(f"non-finite loss at step {step}; last good checkpoint kept at {ckpt}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            ce_v = ce.item()
+            ce_ema = ce_v if ce_ema is None else cfg.ema * ce_ema + (1 - cfg.ema) * ce_v
+            lam = min(cfg.lambda_max, max(1e-6, lam * math.exp(cfg.dual_lr * (ce_ema - target))))
+            if step % cfg.log_every == 0 or step == cfg.steps - 1:
+                rec = {"step": step, "ce": round(ce_v, 5), "ce_ema": round(ce_ema, 5), "connectivity": round(conn.item(), 6),
+                       "lambda": lam, "target": round(target, 5), "seconds": round(time.time() - t0, 1)}  # fmt: skip
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+                bar.set_postfix(ce=f"{ce_v:.3f}", conn=f"{conn.item():.3f}", lam=f"{lam:.2g}")
+            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+                state = {"config": asdict(cfg), "lambda": lam, "ce_ema": ce_ema, "elapsed": time.time() - t0}
+                save_checkpoint(ckpt, model, opt, step + 1, state)
+    seconds = time.time() - t0
+    model.eval()
+    gates.set_mode("eval")
+    sparse_ce = heldout_ce(model, stream, cfg.heldout_sequences)
+    report = measure_connectivity(model, stream.heldout(cfg.heldout_sequences, model.cfg.n_ctx))
+    meta = {
+        "name": name,
+        "kind": "sparse",
+        "parent": parent,
+        "heldout_ce": round(sparse_ce, 5),
+        "dense_heldout_ce": round(dense_ce, 5),
+        "target_ce": round(target, 5),
+        "connectivity": round(report.connectivity, 6),
+        "keys_per_query": round(report.keys_per_query, 4),
+        "floor": round(report.floor, 6),
+        "train_seconds": round(seconds, 1),
+        "sparsify_config": asdict(cfg),
+        "command": f"circuitry sparsify --model {parent} --out {out} --steps {cfg.steps} --tolerance {cfg.tolerance} "
+        f"--batch-size {cfg.batch_size} --lr {cfg.lr} --qk-lr {cfg.qk_lr} --bias-lr {cfg.bias_lr} --seed {cfg.seed}",
+    }
+    save_model(model, out, meta)
+    ckpt.unlink(missing_ok=True)
+    model.cfg.model_name = name
+    return model, meta

@@ -1,0 +1,32 @@
+"""Sparsify the default dense model and compare its attention with the dense parent.
+
+Usage:  python examples/sparsify_tiny.py [--steps 1500] [--out runs/example-sparse]
+With the default --steps this reproduces a tiny-sparse-like model (minutes on 2 CPU cores);
+the test suite runs it with --steps 8.
+"""
+
+import argparse
+from pathlib import Path
+
+from circuitry import load_model
+from circuitry.plotting import attention_patterns, head_connectivity, save_figure, training_curves
+from circuitry.sparsity import SparsifyConfig, connectivity_report, sparsify
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--steps", type=int, default=1500)
+parser.add_argument("--out", type=Path, default=Path("runs/example-sparse"))
+args = parser.parse_args()
+
+dense = load_model("tiny-dense")
+before = connectivity_report(dense, n=64)
+sparse, meta = sparsify(load_model("tiny-dense"), args.out, SparsifyConfig(steps=args.steps, heldout_sequences=64))
+after = connectivity_report(sparse, n=64)
+print(f"dense : connectivity {before.connectivity:.4f}, keys/query {before.keys_per_query:.2f}, CE {before.ce:.4f}")
+print(f"sparse: connectivity {after.connectivity:.4f}, keys/query {after.keys_per_query:.2f}, CE {after.ce:.4f} "
+      f"(floor {after.floor:.4f})")
+
+prompt = "When Mary and John went to the store, John gave a drink to"
+save_figure(attention_patterns({"dense": dense, "sparse": sparse}, prompt, layer=2), args.out / "plots" / "patterns_L2")
+save_figure(training_curves(args.out / "sparsify_log.jsonl"), args.out / "plots" / "training_curves")
+save_figure(head_connectivity(after), args.out / "plots" / "head_connectivity")
+print(f"plots in {args.out / 'plots'}")

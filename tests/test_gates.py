@@ -1,0 +1,138 @@
+"""Sparsity gates: exactness, finite gradients, detach, architectures, connectivity vs brute force."""
+
+import pytest
+import torch
+
+from circuitry.errors import CircuitryError
+from circuitry.sparsity.connectivity import floor, measure_connectivity
+from circuitry.sparsity.gates import AttentionGates, attach_gates, detach_gates
+from circuitry.zoo.registry import build_model
+
+BASE = dict(n_layers=2, d_model=32, d_head=8, n_heads=4, d_mlp=64, d_vocab=50, n_ctx=16, act_fn="gelu",
+            normalization_type="LN", positional_embedding_type="standard", attn_only=False, default_prepend_bos=True,
+            n_key_value_heads=None, rotary_dim=None, gated_mlp=False, original_architecture=None)  # fmt: skip
+ARCHS = {
+    "gpt2-style": {},
+    "attn-only": {"attn_only": True, "d_mlp": None},
+    "rotary": {"positional_embedding_type": "rotary", "rotary_dim": 8, "normalization_type": "RMS", "gated_mlp": True, "act_fn": "silu"},
+    "grouped-query": {"n_key_value_heads": 2, "positional_embedding_type": "rotary", "rotary_dim": 8},
+}
+
+
+def make(arch="gpt2-style", seed=0):
+    return build_model({**BASE, **ARCHS[arch]}, seed=seed)
+
+
+def tokens(seed=0, batch=3, pos=12):
+    return torch.randint(0, 50, (batch, pos), generator=torch.Generator().manual_seed(seed))
+
+
+def test_gate_values_on_a_hand_computed_example():
+    gates = AttentionGates(1, 1, bias_init=0.5)
+    inf = float("-inf")
+    scores = torch.tensor([[[[1.0, inf, inf], [-0.2, -1.0, inf], [-0.6, 0.3, -0.4]]]])
+    logits = gates.gate_logits(scores, 0)
+    expected_logits = torch.tensor([[[[1.5, inf, inf], [0.3, -0.5, inf], [-0.1, 0.8, 0.1]]]])
+    assert torch.equal(torch.isfinite(logits), torch.isfinite(expected_logits))
+    assert torch.allclose(logits[torch.isfinite(logits)], expected_logits[torch.isfinite(expected_logits)])
+    z = gates.set_mode("eval").gate_values(logits)
+    assert z.tolist() == [[[[1, 0, 0], [1, 0, 0], [0, 1, 1]]]]
+    pattern = scores.softmax(-1)
+    gates._scores_hook(scores, None, 0)
+    # row 2: softmax([-0.6, 0.3, -0.4]) with key 0 dropped and no renormalisation
+    e = torch.tensor([-0.6, 0.3, -0.4]).exp()
+    gated_row = (e / e.sum()) * torch.tensor([0.0, 1.0, 1.0])
+    assert torch.allclose(gates._pattern_hook(pattern, None, 0)[0, 0, 2], gated_row)
+    gates.renormalise = True
+    assert torch.allclose(gates._pattern_hook(pattern, None, 0)[0, 0, 2], gated_row / gated_row.sum())
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_gated_pattern_matches_reference_from_scores(arch):
+    model, x = make(arch), tokens()
+    _, dense_cache = model.run_with_cache(x)
+    gates = attach_gates(model, bias_init=0.0, mode="eval")
+    with torch.no_grad():
+        gates.bias.copy_(torch.linspace(-0.3, 0.3, gates.bias.numel()).view_as(gates.bias))
+    _, cache = model.run_with_cache(x)
+    assert torch.equal(cache["blocks.0.attn.hook_attn_scores"], dense_cache["blocks.0.attn.hook_attn_scores"])
+    for layer in range(model.cfg.n_layers):
+        s = cache[f"blocks.{layer}.attn.hook_attn_scores"]  # scores are read, never changed, by the gates
+        keep = torch.isfinite(s) & (s + gates.bias[layer][None, :, None, None] > 0)
+        reference = s.softmax(-1) * keep
+        assert torch.allclose(cache[f"blocks.{layer}.attn.hook_pattern"], reference, atol=1e-6)
+    assert not torch.allclose(model(x), make(arch)(x))
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_train_mode_gradients_are_finite(arch):
+    model = make(arch)
+    gates = attach_gates(model, bias_init=1.0, mode="train")
+    torch.manual_seed(0)
+    loss = model(tokens(), return_type="loss")
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert gates.bias.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_detach_restores_the_dense_model_bit_for_bit(arch):
+    model, x = make(arch), tokens(1)
+    before = model(x)
+    attach_gates(model, bias_init=-0.1, mode="eval")
+    assert not torch.equal(model(x), before)
+    with pytest.raises(CircuitryError, match="already has gates"):
+        attach_gates(model)
+    detach_gates(model)
+    assert torch.equal(model(x), before)
+    assert not any("gates" in n for n, _ in model.named_parameters())
+    assert all(not hp.fwd_hooks for hp in model.hook_dict.values())
+
+
+def test_off_mode_keeps_logits_and_eval_with_huge_bias_is_dense():
+    model, x = make(), tokens(2)
+    before = model(x)
+    gates = attach_gates(model, mode="off")
+    assert torch.equal(model(x), before)
+    gates.set_mode("eval")
+    with torch.no_grad():
+        gates.bias.fill_(1e6)
+    assert torch.equal(model(x), before)
+
+
+def test_connectivity_matches_a_brute_force_count():
+    model, x = make(), tokens(3, batch=4, pos=10)
+    gates = attach_gates(model, mode="eval")
+    with torch.no_grad():
+        gates.bias.copy_(torch.randn(gates.bias.shape, generator=torch.Generator().manual_seed(0)))
+    valid = torch.ones_like(x, dtype=torch.bool)
+    valid[1, 7:] = False  # right padding
+    valid[3, 4:] = False
+    report = measure_connectivity(model, x, valid)
+    model(x)
+    kept = total = 0
+    per_head = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    pairs = 0
+    for layer, logits in gates.last_logits.items():
+        for b in range(x.shape[0]):
+            n = int(valid[b].sum())
+            for h in range(model.cfg.n_heads):
+                for q in range(n):
+                    for k in range(q + 1):
+                        kept += int(logits[b, h, q, k] > 0)
+                        per_head[layer, h] += float(logits[b, h, q, k] > 0)
+                        total += 1
+    lengths = valid.sum(1)
+    pairs = int((lengths * (lengths + 1) // 2).sum())
+    assert report.connectivity == pytest.approx(kept / total, abs=1e-12)
+    assert report.keys_per_query == pytest.approx(kept / (int(valid.sum()) * model.cfg.n_layers * model.cfg.n_heads))
+    assert torch.allclose(torch.tensor(report.per_head), per_head / pairs, atol=1e-6)
+    assert report.floor == pytest.approx(int(valid.sum()) / pairs)
+    assert floor(10) == pytest.approx(2 / 11)
+
+
+def test_dense_model_keeps_every_edge():
+    report = measure_connectivity(make(), tokens(pos=9))
+    assert report.connectivity == 1.0 and report.keys_per_query == pytest.approx(5.0)  # (T+1)/2 at T=9
+    assert report.floor == pytest.approx(2 / 10)

@@ -1,0 +1,75 @@
+"""Sparse post-training: resume equivalence, NaN handling, saved sparse models load with gates on."""
+
+import json
+
+import pytest
+import torch
+
+from circuitry.artifacts import load_tensors
+from circuitry.errors import CircuitryError
+from circuitry.sparsity import SparsifyConfig, sparsify
+from circuitry.sparsity.train import CHECKPOINT, LOG
+from circuitry.zoo.registry import build_model, load_model
+
+ARCH = dict(n_layers=1, d_model=32, d_head=8, n_heads=4, d_mlp=64, n_ctx=24, act_fn="gelu", normalization_type="LN",
+            positional_embedding_type="standard", attn_only=False, default_prepend_bos=True, n_key_value_heads=None,
+            rotary_dim=None, gated_mlp=False, original_architecture=None)  # fmt: skip
+CFG = dict(steps=6, batch_size=4, checkpoint_every=3, log_every=1, heldout_sequences=8, lr=1e-3)
+
+
+def tiny(tok):
+    return build_model({**ARCH, "d_vocab": len(tok)}, tok, seed=0)
+
+
+def test_interrupted_sparsify_resumes_to_identical_weights(small_tokenizer, tmp_path, monkeypatch):
+    cfg = SparsifyConfig(**CFG)
+    sparsify(tiny(small_tokenizer), tmp_path / "full", cfg, progress=False)
+
+    import circuitry.sparsity.train as tr
+
+    real = tr.save_checkpoint
+
+    def save_then_die(*a, **k):
+        real(*a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tr, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        sparsify(tiny(small_tokenizer), tmp_path / "cut", cfg, progress=False)
+    monkeypatch.setattr(tr, "save_checkpoint", real)
+    assert (tmp_path / "cut" / CHECKPOINT).exists()
+    sparsify(tiny(small_tokenizer), tmp_path / "cut", cfg, resume=True, progress=False)
+    a, _ = load_tensors(tmp_path / "full" / "model.safetensors")
+    b, _ = load_tensors(tmp_path / "cut" / "model.safetensors")
+    assert "gates.bias" in a and a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    full_log = (tmp_path / "full" / LOG).read_text().splitlines()
+    cut_log = (tmp_path / "cut" / LOG).read_text().splitlines()
+    strip = lambda rows: [{k: v for k, v in json.loads(r).items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(cut_log) == strip(full_log)
+
+
+def test_saved_sparse_model_loads_with_deterministic_gates(small_tokenizer, tmp_path):
+    model, meta = sparsify(tiny(small_tokenizer), tmp_path / "s", SparsifyConfig(**CFG), progress=False)
+    again = load_model(str(tmp_path / "s"))
+    assert again.gates.mode == "eval" and torch.equal(again.gates.bias, model.gates.bias)
+    x = again.to_tokens("Then, Mary and John went to the park. John gave a ball to")
+    assert torch.equal(again(x), model(x))
+    assert 0 < meta["connectivity"] <= 1 and meta["floor"] == pytest.approx(2 / 25)
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(small_tokenizer, tmp_path, monkeypatch):
+    model = tiny(small_tokenizer)
+    calls = {"n": 0}
+    real_forward = model.forward
+
+    def forward(*a, **k):
+        calls["n"] += 1
+        out = real_forward(*a, **k)
+        return out * float("nan") if calls["n"] > 5 else out  # 1 held-out forward + 4 good steps, then NaN
+
+    monkeypatch.setattr(model, "forward", forward)
+    with pytest.raises(CircuitryError, match="non-finite loss at step 4"):
+        sparsify(model, tmp_path / "n", SparsifyConfig(**{**CFG, "checkpoint_every": 2}), progress=False)
+    _, meta = load_tensors(tmp_path / "n" / CHECKPOINT)
+    assert meta["step"] == 4
