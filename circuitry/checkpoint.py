@@ -92,3 +92,15 @@ def resume_run(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.
     if state.get("config") != config:
         raise CircuitryError(f"{path} was made with a different config; rerun with the same options")
     return step, state
+
+
+def trim_log(path: str | Path, start: int) -> None:
+    """Drop JSONL log records from steps at or after ``start`` (written after the checkpoint a
+    killed run resumes from), so the resumed log has each step once."""
+    path = Path(path)
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] < start]
+    from circuitry.artifacts import atomic_write_bytes
+
+    atomic_write_bytes(path, "".join(line + "\n" for line in keep).encode())

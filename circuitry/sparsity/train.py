@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from circuitry.checkpoint import prepare_run_dir, resume_run, save_checkpoint
+from circuitry.checkpoint import prepare_run_dir, resume_run, save_checkpoint, trim_log
 from circuitry.errors import CircuitryError
 from circuitry.sparsity.connectivity import expected_connectivity, measure_connectivity
 from circuitry.sparsity.gates import attach_gates
@@ -76,6 +76,7 @@ def sparsify(
     start, lam, ce_ema, elapsed = 0, cfg.lambda_init, None, 0.0
     if resume:
         start, state = resume_run(ckpt, model, opt, asdict(cfg))
+        trim_log(out / LOG, start)
         lam, ce_ema, elapsed = state["lambda"], state["ce_ema"], state["elapsed"]
     t0 = time.time() - elapsed
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"sparsify {name}", disable=not progress)

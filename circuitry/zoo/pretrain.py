@@ -19,7 +19,7 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from circuitry.checkpoint import prepare_run_dir, resume_run, save_checkpoint
+from circuitry.checkpoint import prepare_run_dir, resume_run, save_checkpoint, trim_log
 from circuitry.errors import CircuitryError
 from circuitry.zoo.language import SyntheticLanguage
 from circuitry.zoo.registry import build_model, save_model
@@ -117,6 +117,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False, name: s
     start, elapsed = 0, 0.0
     if resume:
         start, state = resume_run(ckpt, model, opt, asdict(cfg))
+        trim_log(out / LOG, start)
         elapsed = state.get("elapsed", 0.0)
     t0 = time.time() - elapsed
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"pretrain {name}", disable=not progress)
