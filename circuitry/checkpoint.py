@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from circuitry.artifacts import load_tensors, save_tensors
+from circuitry.artifacts import atomic_write_bytes, load_tensors, save_tensors
 from circuitry.errors import CircuitryError
 
 
@@ -101,6 +101,4 @@ def trim_log(path: str | Path, start: int) -> None:
     if not path.exists():
         return
     keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] < start]
-    from circuitry.artifacts import atomic_write_bytes
-
     atomic_write_bytes(path, "".join(line + "\n" for line in keep).encode())

@@ -1,4 +1,4 @@
-"""The sparse-attention notebook and example script run end to end (small settings)."""
+"""The notebooks and example scripts run end to end (small settings)."""
 
 import os
 import subprocess
@@ -11,41 +11,41 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_sparsify_example_runs(tmp_path):
+def run_example(script: str, *args: str) -> str:
+    """Run examples/<script> offline; returns its stdout (fails the test on a non-zero exit)."""
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "sparsify_tiny.py"), "--steps", "8", "--out", str(tmp_path / "s")],
+        [sys.executable, str(ROOT / "examples" / script), *args],
         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "sparse: connectivity" in proc.stdout
+    return proc.stdout
+
+
+def run_notebook(name: str, monkeypatch, **env: str) -> str:
+    """Execute notebooks/<name> offline with ``env`` set; returns all outputs as text (no errors allowed)."""
+    for key, value in {"HF_HUB_OFFLINE": "1", **env}.items():
+        monkeypatch.setenv(key, value)
+    nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    return "\n".join(str(o) for o in outputs)
+
+
+def test_sparsify_example_runs(tmp_path):
+    assert "sparse: connectivity" in run_example("sparsify_tiny.py", "--steps", "8", "--out", str(tmp_path / "s"))
     assert (tmp_path / "s" / "plots" / "patterns_L2.html").stat().st_size > 1000
 
 
 def test_sparse_attention_notebook_runs(monkeypatch):
-    monkeypatch.setenv("CIRCUITRY_NB_STEPS", "8")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    nb = nbformat.read(ROOT / "notebooks" / "01_sparse_attention.ipynb", as_version=4)
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    assert not [o for o in outputs if o.get("output_type") == "error"]
-    assert any("connectivity" in str(o) for o in outputs)
+    assert "connectivity" in run_notebook("01_sparse_attention.ipynb", monkeypatch, CIRCUITRY_NB_STEPS="8")
 
 
 def test_ioi_circuits_example_runs(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "ioi_circuits.py"), "--n-prompts", "10", "--out", str(tmp_path / "c")],
-        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "dense/sparse:" in proc.stdout
+    assert "dense/sparse:" in run_example("ioi_circuits.py", "--n-prompts", "10", "--out", str(tmp_path / "c"))
     assert (tmp_path / "c" / "faithfulness_curves.html").exists()
 
 
 def test_ioi_circuits_notebook_runs(monkeypatch):
-    monkeypatch.setenv("CIRCUITRY_NB_PROMPTS", "10")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    nb = nbformat.read(ROOT / "notebooks" / "02_ioi_circuits.ipynb", as_version=4)
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    assert not [o for o in outputs if o.get("output_type") == "error"]
-    assert any("every node reaches the logits: True" in str(o) for o in outputs)
+    text = run_notebook("02_ioi_circuits.ipynb", monkeypatch, CIRCUITRY_NB_PROMPTS="10")
+    assert "every node reaches the logits: True" in text

@@ -49,8 +49,8 @@ class AttentionGates(nn.Module):
         self.bias = nn.Parameter(torch.full((n_layers, n_heads), float(bias_init)), requires_grad=learn_bias)
         self.mode: GateMode = mode
         self.renormalise = renormalise
-        self.last_logits: dict[int, Float[Tensor, "batch head q k"]] = {}  # -inf where causally masked
-        self.record = True  # keep the last gate logits per layer (for connectivity)
+        # gate logits of the last forward per layer (-inf where causally masked), read for connectivity
+        self.last_logits: dict[int, Float[Tensor, "batch head q k"]] = {}
         self._handles: list[tuple[object, object]] = []
 
     def set_mode(self, mode: GateMode) -> "AttentionGates":
@@ -76,7 +76,7 @@ class AttentionGates(nn.Module):
         self.last_logits[layer] = self.gate_logits(scores, layer)
 
     def _pattern_hook(self, pattern: Tensor, hook, layer: int) -> Tensor | None:
-        logits = self.last_logits[layer] if self.record else self.last_logits.pop(layer)
+        logits = self.last_logits[layer]
         if self.mode == "off":
             return None
         out = pattern * self.gate_values(logits)
