@@ -18,7 +18,7 @@ from circuitry.sparsity import attach_gates, expected_connectivity  # noqa: E402
 from circuitry.zoo.pretrain import TokenStream  # noqa: E402
 from circuitry.zoo.registry import build_model  # noqa: E402
 
-STEPS = 25
+STEPS = 41
 
 
 def stepper(model, gated: bool):

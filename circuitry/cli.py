@@ -271,6 +271,11 @@ def zoo_build_cmd(
     _emit(meta, as_json, [f"wrote {out}: held-out CE {meta['heldout_ce']:.4f} in {meta['train_seconds']:.0f} s"])
 
 
+from circuitry.cli_graphs import register as _register_graph_commands  # noqa: E402
+
+_register_graph_commands(app, one_line_errors, _emit)
+
+
 def main() -> None:
     """Entry point: usage errors come from typer (exit 2); input errors print one line (exit 1)."""
     try:

@@ -49,3 +49,14 @@ def test_ioi_circuits_example_runs(tmp_path):
 def test_ioi_circuits_notebook_runs(monkeypatch):
     text = run_notebook("02_ioi_circuits.ipynb", monkeypatch, CIRCUITRY_NB_PROMPTS="10")
     assert "every node reaches the logits: True" in text
+
+
+def test_attribution_example_runs(tmp_path):
+    out = run_example("attribution_graphs.py", "--n", "2", "--out", str(tmp_path / "a"))
+    assert "dense/sparse:" in out
+    assert (tmp_path / "a" / "tiny-sparse.json").exists() and (tmp_path / "a" / "head_loadings.html").exists()
+
+
+def test_attribution_notebook_runs(monkeypatch):
+    text = run_notebook("03_attribution_graphs.ipynb", monkeypatch, CIRCUITRY_NB_PROMPTS="2")
+    assert "dense/sparse ratios" in text

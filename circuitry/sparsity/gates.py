@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
@@ -66,11 +67,17 @@ class AttentionGates(nn.Module):
 
     def gate_values(self, logits: Float[Tensor, "batch head q k"]) -> Float[Tensor, "batch head q k"]:
         if self.mode == "train":
-            noisy = logits + torch.logit(torch.rand_like(logits), eps=1e-6)  # + Logistic(0, 1) noise
-            return _StraightThroughGate.apply(noisy)
+            return _StraightThroughGate.apply(logits + torch.logit(uniform_noise(logits), eps=1e-6))
         if self.mode == "eval":
-            return (logits > 0).to(logits.dtype)
+            return torch.gt(logits, 0, out=torch.empty_like(logits))
         return torch.isfinite(logits).to(logits.dtype)
+
+    def apply_gates(self, pattern: Float[Tensor, "batch head q k"], logits: Float[Tensor, "batch head q k"]) -> Float[Tensor, "batch head q k"]:
+        """pattern × gate. In train mode one fused autograd function (noise, threshold, product and the
+        straight-through backward in a few passes), since these B·H·T² tensors are as large as the matmuls."""
+        if self.mode == "train":
+            return _NoisyGatedPattern.apply(pattern, logits, uniform_noise(logits))
+        return pattern * self.gate_values(logits)
 
     def _scores_hook(self, scores: Tensor, hook, layer: int) -> None:
         self.last_logits[layer] = self.gate_logits(scores, layer)
@@ -79,7 +86,7 @@ class AttentionGates(nn.Module):
         logits = self.last_logits[layer]
         if self.mode == "off":
             return None
-        out = pattern * self.gate_values(logits)
+        out = self.apply_gates(pattern, logits)
         if self.renormalise:
             out = out / out.sum(-1, keepdim=True).clamp_min(1e-9)
         return out
@@ -143,6 +150,45 @@ class _StraightThroughGate(torch.autograd.Function):
         (noisy,) = ctx.saved_tensors
         s = torch.sigmoid(noisy)
         return grad * (s * (1 - s))
+
+
+class _NoisyGatedPattern(torch.autograd.Function):
+    """pattern · 1[g + logit(u) > 0] with the straight-through gradient of sigmoid(g + logit(u)) for g.
+    Equal to ``pattern * _StraightThroughGate.apply(g + logit(u))`` (tested), in fewer passes; ``u`` is
+    consumed (overwritten in place)."""
+
+    @staticmethod
+    def forward(ctx, pattern: Tensor, logits: Tensor, u: Tensor) -> Tensor:
+        noisy = u.logit_(eps=1e-6).add_(logits)  # in place: u is a fresh buffer
+        # a float 0/1 gate written by gt(out=...): on CPU this is several times faster than a bool mask
+        # followed by masked_fill / where / a bool-float product
+        gate = torch.gt(noisy, 0, out=torch.empty_like(noisy))
+        ctx.save_for_backward(pattern, noisy, gate)
+        return pattern * gate
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        pattern, noisy, gate = ctx.saved_tensors
+        grad_pattern = grad * gate if ctx.needs_input_grad[0] else None
+        s = torch.sigmoid(noisy)
+        grad_logits = s.addcmul_(s, s, value=-1.0).mul_(grad).mul_(pattern)  # σ'(noisy) · grad · pattern
+        return grad_pattern, grad_logits, None
+
+
+def uniform_noise(like: Tensor) -> Tensor:
+    """U(0, 1) noise shaped like ``like`` with 16-bit resolution: u = (k + 0.5) / 2¹⁶, k uniform on 0..65535.
+
+    Drawn as raw 64-bit words from numpy's PCG64 (seeded from torch's RNG, so it is reproducible under
+    torch.manual_seed and resumable from checkpoints, which store torch's RNG state) and split into four 16-bit
+    integers: about 3x faster than ``torch.rand`` on CPU, where noise generation was the largest part of the
+    gate overhead. The gate z = 1[g + logit(u) > 0] then fires with probability σ(g) up to 2⁻¹⁶."""
+    if like.device.type != "cpu":
+        return torch.rand_like(like)
+    seed = int(torch.randint(0, 2**62, (1,)).item())
+    n = like.numel()
+    words = np.random.Generator(np.random.PCG64(seed)).bit_generator.random_raw((n + 3) // 4)
+    k = torch.from_numpy(words.view(np.int16)[:n]).view(like.shape)
+    return k.to(like.dtype).add_(32768.5).mul_(1.0 / 65536)
 
 
 def _bind(fn, layer: int):

@@ -1,0 +1,70 @@
+"""Attribution graphs on the local replacement model, influence pruning, attention attribution, export."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+from circuitry.attribution.attention import attention_split, attention_summary
+from circuitry.attribution.export import to_circuit_tracer_json, write_circuit_tracer_json
+from circuitry.attribution.graph import AttributionGraph, build_graph, salient_logits, target_values
+from circuitry.attribution.prune import apply_pruning, graph_scores, prune
+
+__all__ = [
+    "AttributionGraph", "build_graph", "salient_logits", "target_values", "prune", "apply_pruning", "graph_scores",
+    "attention_split", "attention_summary", "to_circuit_tracer_json", "write_circuit_tracer_json", "attribute",
+    "graph_summary", "compare_graphs",
+]  # fmt: skip
+
+
+def attribute(model, clt, prompt: str, node_threshold: float = 0.8, edge_threshold: float = 0.98,
+              max_logits: int = 10, desired_logit_prob: float = 0.95, attention: bool = True) -> AttributionGraph:  # fmt: skip
+    """Build, prune and score the attribution graph of ``prompt``; split its cross-position edges by head."""
+    t0 = time.time()
+    graph = build_graph(model, clt, prompt, max_logits, desired_logit_prob)
+    apply_pruning(graph, node_threshold, edge_threshold)
+    graph.info.update(graph_scores(graph))
+    clt_record = getattr(clt, "record", {})
+    graph.info.update({"clt_fingerprint": clt_record.get("fingerprint"), "model_fingerprint": clt_record.get("model_fingerprint")})
+    if attention:
+        split = attention_split(model, clt, graph)
+        graph.attention = {"mass": split["mass"]}
+        graph.info["attention"] = attention_summary(split)
+    graph.info["seconds"] = round(time.time() - t0, 3)
+    return graph
+
+
+def graph_summary(graph: AttributionGraph) -> dict[str, Any]:
+    """Counts after pruning, scores, and the attention figures (when computed)."""
+    s = graph.slices()
+    nodes = graph.node_mask if graph.node_mask is not None else graph.adjacency.abs().sum(0) + graph.adjacency.abs().sum(1) > 0
+    edges = graph.edge_mask if graph.edge_mask is not None else graph.adjacency != 0
+    att = graph.info.get("attention", {})
+    return {
+        "prompt": graph.prompt,
+        "nodes": int(nodes.sum()),
+        "edges": int(edges.sum()),
+        "features": int(nodes[s["features"]].sum()),
+        "active_features": graph.n_features,
+        "replacement_score": round(graph.info.get("replacement_score", float("nan")), 5),
+        "completeness_score": round(graph.info.get("completeness_score", float("nan")), 5),
+        "heads_80": att.get("heads_80"),
+        "head_key_pairs_80": att.get("head_key_pairs_80"),
+        "top_logits": [{"token": t, "prob": round(p, 5)} for t, p in zip(graph.logit_tokens, graph.logit_probs)],
+        "seconds": graph.info.get("seconds"),
+    }
+
+
+def compare_graphs(pairs: dict[str, tuple[Any, Any]], prompts: list[str], **kwargs) -> dict[str, Any]:
+    """Attribution graphs of every prompt on every (model, clt); medians per model, and the dense/sparse
+    ratio of medians when exactly two models are given (first / second)."""
+    out: dict[str, Any] = {"n_prompts": len(prompts), "models": {}}
+    keys = ("nodes", "edges", "replacement_score", "completeness_score", "heads_80", "head_key_pairs_80", "seconds")
+    for name, (model, clt) in pairs.items():
+        per = [graph_summary(attribute(model, clt, p, **kwargs)) for p in prompts]
+        out["models"][name] = {k: statistics.median(r[k] for r in per) for k in keys} | {"per_prompt": per}
+    if len(pairs) == 2:
+        a, b = (out["models"][n] for n in pairs)
+        out["ratios"] = {k: round(a[k] / b[k], 3) if b[k] else None for k in ("nodes", "edges", "heads_80", "head_key_pairs_80")}
+    return out

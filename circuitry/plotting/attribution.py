@@ -1,0 +1,78 @@
+"""Figures for attribution graphs: the pruned graph, head loadings, dense-vs-sparse comparison."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+KIND_COLOUR = {"feature": "#4C78A8", "error": "#9D9D9D", "embedding": "#54A24B", "logit": "#E45756"}
+
+
+def attribution_graph_figure(graph, model=None, clt=None, max_edges: int = 600) -> go.Figure:
+    """x = token position (labelled), y = layer (embeddings at −1, logits on top); node size = influence;
+    edges blue (+) / red (−), width by |weight|; hover: feature id, activation, top tokens."""
+    from circuitry.attribution.export import feature_labels
+
+    keep = graph.node_mask.nonzero().flatten().tolist() if graph.node_mask is not None else list(range(graph.n_nodes))
+    labels = feature_labels(model, clt, graph, keep) if model is not None and clt is not None else {}
+    cum = graph.cumulative_influence
+    xy, per_cell = {}, {}
+    for i in keep:  # spread nodes sharing a (pos, layer) cell horizontally
+        n = graph.node(i)
+        per_cell.setdefault((n["pos"], n["layer"]), []).append(i)
+    for (pos, layer), ids in per_cell.items():
+        for j, i in enumerate(ids):
+            xy[i] = (pos + (j - (len(ids) - 1) / 2) * min(0.8 / max(len(ids), 1), 0.15), layer)
+    edges = graph.edge_mask if graph.edge_mask is not None else graph.adjacency != 0
+    pairs = [(t, s) for t, s in edges.nonzero().tolist() if s in xy and t in xy]
+    pairs = sorted(pairs, key=lambda ts: -abs(graph.adjacency[ts].item()))[:max_edges]
+    top = max((abs(graph.adjacency[ts].item()) for ts in pairs), default=1.0)
+    fig = go.Figure()
+    for t, s in pairs:
+        w = graph.adjacency[t, s].item()
+        fig.add_trace(go.Scatter(x=[xy[s][0], xy[t][0]], y=[xy[s][1], xy[t][1]], mode="lines", hoverinfo="skip", showlegend=False,
+                                 line={"color": "rgba(31,119,180,0.5)" if w > 0 else "rgba(214,39,40,0.5)", "width": 0.5 + 4 * abs(w) / top}))  # fmt: skip
+    for kind, colour in KIND_COLOUR.items():
+        ids = [i for i in keep if graph.node(i)["kind"] == kind]
+        if not ids:
+            continue
+        text = []
+        for i in ids:
+            n = graph.node(i)
+            desc = {"feature": lambda: f"L{n['layer']} F{n['feature']} @ {n['pos']}<br>activation {n['activation']:.3f}<br>{labels.get(i, '')}",
+                    "error": lambda: f"error L{n['layer']} @ {n['pos']}", "embedding": lambda: f"embedding {graph.token_strs[n['pos']]!r}",
+                    "logit": lambda: f"logit token {n['token']} p={n['prob']:.3f}"}[kind]()  # fmt: skip
+            text.append(desc)
+        size = [6 + 18 * (1 - cum[i].item()) if cum is not None and kind in ("feature", "error") else 12 for i in ids]
+        fig.add_trace(go.Scatter(x=[xy[i][0] for i in ids], y=[xy[i][1] for i in ids], mode="markers", name=kind,
+                                 marker={"color": colour, "size": size, "line": {"width": 0.5, "color": "black"}},
+                                 text=text, hovertemplate="%{text}<extra></extra>"))  # fmt: skip
+    fig.update_xaxes(tickvals=list(range(graph.n_pos)), ticktext=[f"{p}:{t}" for p, t in enumerate(graph.token_strs)], tickangle=45)
+    fig.update_yaxes(tickvals=list(range(-1, graph.n_layers + 1)), ticktext=["emb"] + [f"L{l}" for l in range(graph.n_layers)] + ["logit"])
+    fig.update_layout(title=f"Attribution graph ({graph.info.get('model', '')}): {graph.prompt!r}", width=1000, height=560)
+    return fig
+
+
+def head_loadings_figure(graphs: dict) -> go.Figure:
+    """One heatmap per graph: share of attention-carried attribution through each (layer, head)."""
+    fig = make_subplots(rows=1, cols=len(graphs), subplot_titles=list(graphs), horizontal_spacing=0.08)
+    for c, graph in enumerate(graphs.values(), start=1):
+        mass = graph.attention["mass"].sum((2, 3))
+        share = mass / mass.sum().clamp(min=1e-12)
+        fig.add_trace(go.Heatmap(z=share.numpy(), colorscale="Viridis", zmin=0, zmax=float(share.max()), showscale=c == len(graphs),
+                                 hovertemplate="L%{y} H%{x}: %{z:.1%}<extra></extra>"), row=1, col=c)  # fmt: skip
+        fig.update_xaxes(title="head", row=1, col=c)
+        fig.update_yaxes(title="layer", row=1, col=c)
+    fig.update_layout(title="Head loadings: share of cross-position attribution through each head", width=420 * len(graphs), height=420)
+    return fig
+
+
+def graph_comparison_figure(result: dict) -> go.Figure:
+    """Per-prompt heads and (head, key) pairs covering 80% of attention attribution, per model (box + points)."""
+    fig = make_subplots(rows=1, cols=3, subplot_titles=["heads @ 80%", "(head, key) pairs @ 80%", "edges after pruning"])
+    for name, r in result["models"].items():
+        for c, key in enumerate(("heads_80", "head_key_pairs_80", "edges"), start=1):
+            fig.add_trace(go.Box(y=[p[key] for p in r["per_prompt"]], name=name, boxpoints="all", showlegend=c == 1,
+                                 legendgroup=name), row=1, col=c)  # fmt: skip
+    fig.update_layout(title=f"Attribution graphs, dense vs sparse ({result['n_prompts']} prompts)", width=1050, height=430)
+    return fig

@@ -1,0 +1,34 @@
+"""Cross-layer transcoders (and per-layer ones): model, training, quality, circuit-tracer layout, SAELens export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from circuitry.errors import CircuitryError
+from circuitry.transcoders.clt import CLTConfig, CrossLayerTranscoder
+from circuitry.transcoders.io import load_clt, save_clt, to_sae_lens
+from circuitry.transcoders.quality import CLTQuality, evaluate_clt
+from circuitry.transcoders.train import CHECKPOINT, CLTTrainConfig, train_clt
+
+__all__ = [
+    "CLTConfig", "CrossLayerTranscoder", "CLTTrainConfig", "train_clt", "CLTQuality", "evaluate_clt",
+    "save_clt", "load_clt", "to_sae_lens", "train_and_save", "default_clt",
+]  # fmt: skip
+
+
+def train_and_save(model, out: str | Path, cfg: CLTTrainConfig, resume: bool = False, command: str = "", progress: bool = True):
+    """Train, measure quality on 256 held-out sequences, write ``out`` (circuit-tracer layout), drop the checkpoint."""
+    clt, info = train_clt(model, out, cfg, resume=resume, progress=progress)
+    quality = evaluate_clt(model, clt)
+    save_clt(clt, out, model, {**info, "quality": quality.to_dict(), "model": model.cfg.model_name, "command": command})
+    (Path(out) / CHECKPOINT).unlink(missing_ok=True)
+    return clt, quality
+
+
+def default_clt(model) -> CrossLayerTranscoder:
+    """The transcoder shipped with a zoo model (``<model dir>/clt``)."""
+    info = getattr(model, "circuitry_info", None)
+    path = Path(info["path"]) / "clt" if info else None
+    if path is None or not (path / "config.yaml").exists():
+        raise CircuitryError(f"model {model.cfg.model_name} has no shipped transcoder; pass --clt DIR (train one with `circuitry clt train`)")
+    return load_clt(path, model)

@@ -1,0 +1,130 @@
+"""Train a cross-layer transcoder on activations streamed from a model over the synthetic language.
+
+Loss per token (normalised units, BOS excluded):
+    Σ_l ‖ŷ_l − y_l‖² / d  +  λ(t) Σ_{l,f} tanh(c ‖W_dec,f‖ a_f)  +  λ_p Σ_{l,f} ReLU(θ_f − h_f) ‖W_dec,f‖
+with λ ramped linearly from 0 over the first ``sparsity_warmup`` fraction of training (Ameisen et al. 2025).
+Checkpoints (weights, Adam, RNG, step) are atomic; ``resume=True`` continues bit-identically.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from circuitry.checkpoint import prepare_run_dir, resume_run, save_checkpoint, trim_log
+from circuitry.errors import CircuitryError
+from circuitry.transcoders.clt import CLTConfig, CrossLayerTranscoder
+from circuitry.zoo.pretrain import TokenStream
+
+CHECKPOINT = "checkpoint.safetensors"
+LOG = "train_log.jsonl"
+
+
+@dataclass
+class CLTTrainConfig:
+    d_transcoder: int = 512
+    cross_layer: bool = True
+    steps: int = 2000
+    batch_size: int = 24  # sequences of n_ctx tokens
+    lr: float = 1e-3
+    warmup: int = 100
+    sparsity_coef: float = 5e-3
+    sparsity_c: float = 1.0
+    sparsity_warmup: float = 0.5
+    preact_coef: float = 3e-6
+    seed: int = 0
+    checkpoint_every: int = 250
+    log_every: int = 25
+
+
+def model_activations(model, tokens) -> tuple[Float[Tensor, "batch pos layer d"], Float[Tensor, "batch pos layer d"]]:
+    """(``hook_resid_mid``, ``hook_mlp_out``) of every layer, stacked on a layer axis; no gradients."""
+    names = [f"blocks.{l}.hook_{k}" for l in range(model.cfg.n_layers) for k in ("resid_mid", "mlp_out")]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+    L = model.cfg.n_layers
+    x = torch.stack([cache[f"blocks.{l}.hook_resid_mid"] for l in range(L)], dim=2)
+    y = torch.stack([cache[f"blocks.{l}.hook_mlp_out"] for l in range(L)], dim=2)
+    return x, y
+
+
+def clt_loss(clt: CrossLayerTranscoder, x: Tensor, y: Tensor, sparsity_coef: float, cfg: CLTTrainConfig) -> tuple[Tensor, dict[str, float]]:
+    """Loss on one batch of activations (positions ≥ 1); returns (loss, scalars for the log)."""
+    x, y = x[:, 1:], y[:, 1:]
+    pre = clt.pre_activations(x)
+    acts = clt.activate(pre)
+    recon = clt.decode(acts)
+    scale = clt.output_scale[:, None]
+    mse = ((recon - y) / scale).pow(2).mean(-1).sum(-1).mean()
+    norms = clt.decoder_norms()
+    sparsity = torch.tanh(cfg.sparsity_c * norms * acts).sum((-1, -2)).mean()
+    preact = (torch.relu(clt.threshold - pre) * norms).sum((-1, -2)).mean()
+    loss = mse + sparsity_coef * sparsity + cfg.preact_coef * preact
+    l0 = (acts > 0).float().sum(-1).mean().item()
+    return loss, {"mse": mse.item(), "sparsity": sparsity.item(), "l0": l0}
+
+
+def calibrate_scales(clt: CrossLayerTranscoder, x: Tensor, y: Tensor) -> None:
+    """Per-layer input scale ‖x‖/√d and output scale std(y), from non-BOS positions of one batch."""
+    x, y = x[:, 1:].flatten(0, 1), y[:, 1:].flatten(0, 1)
+    d = x.shape[-1]
+    clt.input_scale.copy_(x.norm(dim=-1).mean(0) / d**0.5)
+    clt.output_scale.copy_((y - y.mean(0)).pow(2).mean((0, -1)).sqrt())
+    with torch.no_grad():
+        clt.b_dec.copy_(y.mean(0))
+
+
+def train_clt(model, out: str | Path, cfg: CLTTrainConfig, resume: bool = False, progress: bool = True) -> tuple[CrossLayerTranscoder, dict[str, Any]]:
+    """Train a CLT for ``model`` (with gates, if any, in their current mode); returns (clt, run info).
+    Saving and the quality report are the caller's (see :func:`circuitry.transcoders.io.save_clt`)."""
+    out = Path(out)
+    ckpt = prepare_run_dir(out, resume, CHECKPOINT)
+    if (out / "config.yaml").exists():
+        raise CircuitryError(f"{out} already holds a transcoder; choose another --out")
+    stream = TokenStream(model.tokenizer)
+    ctx = model.cfg.n_ctx
+    torch.manual_seed(cfg.seed)
+    clt = CrossLayerTranscoder(CLTConfig(model.cfg.n_layers, model.cfg.d_model, cfg.d_transcoder, cfg.cross_layer))
+    calibrate_scales(clt, *model_activations(model, stream.batch(f"clt|{cfg.seed}|calibrate", 64, ctx)))
+    opt = torch.optim.Adam(clt.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+    start, elapsed = 0, 0.0
+    if resume:
+        start, state = resume_run(ckpt, clt, opt, asdict(cfg))
+        clt.input_scale.copy_(torch.tensor(state["input_scale"]))
+        clt.output_scale.copy_(torch.tensor(state["output_scale"]))
+        elapsed = state["elapsed"]
+        trim_log(out / LOG, start)
+    t0 = time.time() - elapsed
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="clt", disable=not progress)
+    with open(out / LOG, "a" if resume else "w") as log:
+        for step in bar:
+            lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * min(1.0, 10 * (1 - step / cfg.steps))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            coef = cfg.sparsity_coef * min(1.0, step / max(1, cfg.sparsity_warmup * cfg.steps))
+            x, y = model_activations(model, stream.batch(f"clt|{cfg.seed}|{step}", cfg.batch_size, ctx))
+            loss, stats = clt_loss(clt, x, y, coef, cfg)
+            if not torch.isfinite(loss):
+                raise CircuitryError(f"non-finite CLT loss at step {step}; last good checkpoint kept at {ckpt}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if step % cfg.log_every == 0 or step == cfg.steps - 1:
+                rec = {"step": step, "loss": round(loss.item(), 5), **{k: round(v, 5) for k, v in stats.items()},
+                       "sparsity_coef": coef, "seconds": round(time.time() - t0, 1)}  # fmt: skip
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+                bar.set_postfix(mse=f"{stats['mse']:.3f}", l0=f"{stats['l0']:.0f}")
+            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+                state = {"config": asdict(cfg), "elapsed": time.time() - t0,
+                         "input_scale": clt.input_scale.tolist(), "output_scale": clt.output_scale.tolist()}  # fmt: skip
+                save_checkpoint(ckpt, clt, opt, step + 1, state)
+    return clt, {"train_seconds": round(time.time() - t0, 1), "train_config": asdict(cfg), "checkpoint": str(ckpt)}

@@ -1,0 +1,61 @@
+"""CLI for transcoders and attribution graphs: JSON keys, files written, one-line errors."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from circuitry.cli import app
+from circuitry.zoo.registry import ZOO_DIR
+
+runner = CliRunner()
+PROMPT = "When Mary and John went to the store, John gave a drink to"
+
+
+def test_attribute_json_and_files(tmp_path):
+    res = runner.invoke(app, ["attribute", PROMPT, "--model", "tiny-sparse", "--out", str(tmp_path), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert {"nodes", "edges", "replacement_score", "completeness_score", "heads_80", "head_key_pairs_80"} <= out.keys()
+    assert 0 < out["nodes"] and 0 < out["heads_80"] <= 32
+    for name in ("graph.safetensors", "graph.json", "graph-metadata.json", "attribution_graph.html", "head_loadings.html"):
+        assert (tmp_path / name).exists(), name
+
+
+def test_compare_graphs_json():
+    res = runner.invoke(app, ["compare-graphs", "--task", "ioi", "--n", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    for name in ("tiny-dense", "tiny-sparse"):
+        assert {"nodes", "edges", "replacement_score", "completeness_score", "heads_80", "head_key_pairs_80"} <= out["models"][name].keys()
+        assert len(out["models"][name]["per_prompt"]) == 2
+
+
+def test_clt_train_then_eval(tmp_path):
+    res = runner.invoke(app, ["clt", "train", "--model", "tiny-dense", "--out", str(tmp_path / "c"), "--steps", "6", "--features", "16", "--json"])
+    assert res.exit_code == 0, res.output
+    assert {"explained_variance", "l0", "dead_fraction", "ce_recovered"} <= json.loads(res.stdout).keys()
+    assert not (tmp_path / "c" / "checkpoint.safetensors").exists()
+    res = runner.invoke(app, ["clt", "eval", "--model", "tiny-dense", "--clt", str(tmp_path / "c"), "--n", "8", "--json"])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(res.stdout)["explained_variance"]) == 4
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["attribute", " "], "empty prompt"),
+        (["attribute", PROMPT, "--model", "tiny-sparse", "--clt", str(ZOO_DIR / "tiny-dense" / "clt")], "different model"),
+        (["attribute", PROMPT, "--clt", "/nonexistent"], "not a transcoder directory"),
+        (["attribute", PROMPT, "--node-threshold", "0"], "(0, 1]"),
+        (["compare-graphs"], "exactly one of"),
+        (["compare-graphs", "--task", "nope"], "unknown task"),
+        (["clt", "eval", "--n", "0"], "positive"),
+        (["clt", "train", "--out", "/tmp/x", "--steps", "0"], "positive"),
+    ],
+)
+def test_bad_input_is_one_line_and_nonzero(args, message):
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.stderr
