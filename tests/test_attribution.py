@@ -175,3 +175,20 @@ def test_circuit_tracer_json_schema():
             assert n["layer"] == "E" and n["node_id"].startswith("E_")
     assert sum(n["is_target_logit"] for n in data["nodes"]) == 1
     assert data["links"] and all(link["source"] in ids and link["target"] in ids for link in data["links"])
+
+
+def test_sparse_zoo_model_graph_is_exact_with_gated_patterns():
+    """On the shipped sparse model (gates on) with its shipped CLT: frozen patterns are the gated ones
+    (most entries shut), and constants + direct effects still reproduce every target."""
+    from circuitry import load_model
+    from circuitry.transcoders import default_clt
+
+    model = load_model("tiny-sparse")
+    clt = default_clt(model)
+    graph = build_graph(model, clt, "When Mary and John went to the store, John gave a drink to")
+    patterns = torch.stack(graph.point.patterns)
+    causal = torch.tril(torch.ones(graph.n_pos, graph.n_pos, dtype=torch.bool))
+    assert (patterns[..., causal] > 0).float().mean() < 0.5  # the gates shut most causal entries
+    actual, const = target_values(model, clt, graph)
+    predicted = const + graph.adjacency[rows_of(graph)].sum(1)
+    assert torch.allclose(predicted, actual, atol=1e-4 * actual.abs().max().item())

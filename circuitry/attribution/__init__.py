@@ -51,6 +51,8 @@ def graph_summary(graph: AttributionGraph) -> dict[str, Any]:
         "completeness_score": round(graph.info.get("completeness_score", float("nan")), 5),
         "heads_80": att.get("heads_80"),
         "head_key_pairs_80": att.get("head_key_pairs_80"),
+        "edge_heads_80_median": att.get("edge_heads_80_median"),
+        "edge_head_key_pairs_80_median": att.get("edge_head_key_pairs_80_median"),
         "top_logits": [{"token": t, "prob": round(p, 5)} for t, p in zip(graph.logit_tokens, graph.logit_probs)],
         "seconds": graph.info.get("seconds"),
     }
@@ -60,11 +62,12 @@ def compare_graphs(pairs: dict[str, tuple[Any, Any]], prompts: list[str], **kwar
     """Attribution graphs of every prompt on every (model, clt); medians per model, and the dense/sparse
     ratio of medians when exactly two models are given (first / second)."""
     out: dict[str, Any] = {"n_prompts": len(prompts), "models": {}}
-    keys = ("nodes", "edges", "replacement_score", "completeness_score", "heads_80", "head_key_pairs_80", "seconds")
+    keys = ("nodes", "edges", "replacement_score", "completeness_score", "heads_80", "head_key_pairs_80",
+            "edge_heads_80_median", "edge_head_key_pairs_80_median", "seconds")  # fmt: skip
     for name, (model, clt) in pairs.items():
         per = [graph_summary(attribute(model, clt, p, **kwargs)) for p in prompts]
         out["models"][name] = {k: statistics.median(r[k] for r in per) for k in keys} | {"per_prompt": per}
     if len(pairs) == 2:
         a, b = (out["models"][n] for n in pairs)
-        out["ratios"] = {k: round(a[k] / b[k], 3) if b[k] else None for k in ("nodes", "edges", "heads_80", "head_key_pairs_80")}
+        out["ratios"] = {k: round(a[k] / b[k], 3) if b[k] else None for k in ("nodes", "edges", "heads_80", "head_key_pairs_80", "edge_head_key_pairs_80_median")}
     return out

@@ -53,7 +53,8 @@ def attention_split(model, clt, graph: AttributionGraph, batch_size: int = 256) 
     """Split every cross-position edge of the pruned graph (all edges if unpruned) by last hop.
 
     Returns ``mass [layer, head, key, query]`` = Σ over edges of |contribution|, ``edge_total`` = Σ |edge|
-    over those edges, and ``max_residual`` = max |edge − Σ contributions| (exactness check)."""
+    over those edges, ``max_residual`` = max |edge − Σ contributions| (exactness check), and per edge the
+    number of (head, key) pairs and of heads covering 80% of its |contributions|."""
     point = graph.point
     L, H, T = model.cfg.n_layers, model.cfg.n_heads, point.n_pos
     n_kv = getattr(model.cfg, "n_key_value_heads", None) or H
@@ -64,7 +65,9 @@ def attention_split(model, clt, graph: AttributionGraph, batch_size: int = 256) 
     sources = cross.any(0).nonzero().flatten()
     mass = torch.zeros(L, H, T, T)
     if len(targets) == 0:
-        return {"mass": mass, "edge_total": torch.tensor(0.0), "max_residual": torch.tensor(0.0)}
+        empty = torch.zeros(0, dtype=torch.long)
+        return {"mass": mass, "edge_total": torch.tensor(0.0), "max_residual": torch.tensor(0.0),
+                "edge_head_key_pairs_80": empty, "edge_heads_80": empty}  # fmt: skip
     feats = graph.active_features
     n_feat = graph.n_features
     hooks, read_pos, vecs = target_rows(model, clt, point, feats, graph.logit_tokens)
@@ -94,6 +97,8 @@ def attention_split(model, clt, graph: AttributionGraph, batch_size: int = 256) 
     col_of = torch.full((graph.n_nodes,), -1, dtype=torch.long)
     col_of[sources] = torch.arange(len(sources))
     max_res, edge_total = 0.0, 0.0
+    per_edge_pairs: list[int] = []
+    per_edge_heads: list[int] = []
     for i, t in enumerate(targets.tolist()):
         q = int(pos[t])
         src = cross[t].nonzero().flatten()
@@ -101,9 +106,13 @@ def attention_split(model, clt, graph: AttributionGraph, batch_size: int = 256) 
         c = c * patterns[:, :, q, :, None]
         c[:, :, q] = 0
         mass[:, :, :, q] += c.abs().sum(-1)
+        for j in range(c.shape[-1]):  # per edge: how concentrated is this one attribution?
+            per_edge_pairs.append(_cover(c[..., j].abs(), 0.8))
+            per_edge_heads.append(_cover(c[..., j].abs().sum(-1), 0.8))
         max_res = max(max_res, (c.sum((0, 1, 2)) - graph.adjacency[t, src]).abs().max().item())
         edge_total += graph.adjacency[t, src].abs().sum().item()
-    return {"mass": mass, "edge_total": torch.tensor(edge_total), "max_residual": torch.tensor(max_res)}
+    return {"mass": mass, "edge_total": torch.tensor(edge_total), "max_residual": torch.tensor(max_res),
+            "edge_head_key_pairs_80": torch.tensor(per_edge_pairs), "edge_heads_80": torch.tensor(per_edge_heads)}  # fmt: skip
 
 
 def attention_summary(split: dict[str, Tensor], fraction: float = 0.8) -> dict[str, float | int]:
@@ -119,4 +128,12 @@ def attention_summary(split: dict[str, Tensor], fraction: float = 0.8) -> dict[s
         "attention_mass": round(mass.sum().item(), 6),
         "edge_mass": round(split["edge_total"].item(), 6),
         "max_residual": split["max_residual"].item(),
+        # the paper's view: for a single cross-position edge, the heads / (head, key) pairs carrying 80% of it
+        "edge_heads_80_median": _median(split["edge_heads_80"]),
+        "edge_head_key_pairs_80_median": _median(split["edge_head_key_pairs_80"]),
+        "edge_head_key_pairs_80_max": int(split["edge_head_key_pairs_80"].max()) if len(split["edge_head_key_pairs_80"]) else 0,
     }
+
+
+def _median(x: Tensor) -> float:
+    return float(x.float().median()) if len(x) else 0.0
