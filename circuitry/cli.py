@@ -103,16 +103,20 @@ def sparsify_cmd(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Sparse attention post-training: minimise connectivity subject to CE <= target."""
+    from circuitry.distributed import init_from_env
     from circuitry.sparsity import SparsifyConfig, sparsify
     from circuitry.zoo.registry import load_model
 
     if steps <= 0 or batch_size <= 0 or min(lr, qk_lr, bias_lr) <= 0 or tolerance < 0:
         raise CircuitryError("--steps, --batch-size and the learning rates must be positive and --tolerance >= 0")
+    init_from_env()  # under torchrun: join the process group (DDP); otherwise a no-op
     dense = load_model(model)
     if getattr(dense, "gates", None) is not None:
         raise CircuitryError(f"model {model!r} already has gates; start from a dense model")
     cfg = SparsifyConfig(steps=steps, tolerance=tolerance, batch_size=batch_size, lr=lr, qk_lr=qk_lr, bias_lr=bias_lr, seed=seed)
     sparse, meta = sparsify(dense, out, cfg, resume=resume, name=name, parent=model)
+    if meta is None:  # not rank 0 of a torchrun job
+        return
     if plots:
         from circuitry.plotting import head_connectivity, save_figure, training_curves
         from circuitry.sparsity import connectivity_report

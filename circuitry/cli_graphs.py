@@ -42,6 +42,7 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
         model: str = typer.Option("tiny-dense", "--model"),
         out: Path = typer.Option(..., "--out", help="Output directory (circuit-tracer layout)."),
         steps: int = typer.Option(2000, "--steps"),
+        batch_size: int = typer.Option(24, "--batch-size", help="Global batch (sequences); split over torchrun processes."),
         features: int = typer.Option(512, "--features", help="Features per layer."),
         per_layer: bool = typer.Option(False, "--per-layer", help="Per-layer transcoders instead of a CLT."),
         sparsity: float = typer.Option(5e-3, "--sparsity", help="Coefficient of the tanh sparsity penalty."),
@@ -50,15 +51,20 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Train a cross-layer transcoder on activations streamed from MODEL; writes quality into circuitry.json."""
+        from circuitry.distributed import init_from_env
         from circuitry.transcoders import CLTTrainConfig, train_and_save
         from circuitry.zoo.registry import load_model
 
         if steps <= 0 or features <= 0:
             raise CircuitryError("--steps and --features must be positive")
+        init_from_env()  # under torchrun: join the process group (DDP); otherwise a no-op
         m = load_model(model)
-        cfg = CLTTrainConfig(d_transcoder=features, cross_layer=not per_layer, steps=steps, sparsity_coef=sparsity, seed=seed)
+        cfg = CLTTrainConfig(d_transcoder=features, cross_layer=not per_layer, steps=steps, batch_size=batch_size,
+                             sparsity_coef=sparsity, seed=seed)  # fmt: skip
         command = "circuitry " + " ".join(shlex.quote(a) for a in sys.argv[1:] if a != "--resume")
         _, quality = train_and_save(m, out, cfg, resume=resume, command=command)
+        if quality is None:  # not rank 0
+            return
         q = quality.to_dict()
         emit({"model": model, "out": str(out), **q}, as_json, [f"wrote {out}", *_quality_lines(q)])
 

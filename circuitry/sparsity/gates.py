@@ -52,6 +52,9 @@ class AttentionGates(nn.Module):
         self.renormalise = renormalise
         # gate logits of the last forward per layer (-inf where causally masked), read for connectivity
         self.last_logits: dict[int, Float[Tensor, "batch head q k"]] = {}
+        # (rank, world) under torchrun: train-mode noise is drawn for the global batch and sliced, so N
+        # processes gate exactly like one process with the same global batch
+        self.shard: tuple[int, int] = (0, 1)
         self._handles: list[tuple[object, object]] = []
 
     def set_mode(self, mode: GateMode) -> "AttentionGates":
@@ -67,7 +70,7 @@ class AttentionGates(nn.Module):
 
     def gate_values(self, logits: Float[Tensor, "batch head q k"]) -> Float[Tensor, "batch head q k"]:
         if self.mode == "train":
-            return _StraightThroughGate.apply(logits + torch.logit(uniform_noise(logits), eps=1e-6))
+            return _StraightThroughGate.apply(logits + torch.logit(uniform_noise(logits, self.shard), eps=1e-6))
         if self.mode == "eval":
             return torch.gt(logits, 0, out=torch.empty_like(logits))
         return torch.isfinite(logits).to(logits.dtype)
@@ -76,7 +79,7 @@ class AttentionGates(nn.Module):
         """pattern × gate. In train mode one fused autograd function (noise, threshold, product and the
         straight-through backward in a few passes), since these B·H·T² tensors are as large as the matmuls."""
         if self.mode == "train":
-            return _NoisyGatedPattern.apply(pattern, logits, uniform_noise(logits))
+            return _NoisyGatedPattern.apply(pattern, logits, uniform_noise(logits, self.shard))
         return pattern * self.gate_values(logits)
 
     def _scores_hook(self, scores: Tensor, hook, layer: int) -> None:
@@ -175,19 +178,22 @@ class _NoisyGatedPattern(torch.autograd.Function):
         return grad_pattern, grad_logits, None
 
 
-def uniform_noise(like: Tensor) -> Tensor:
+def uniform_noise(like: Tensor, shard: tuple[int, int] = (0, 1)) -> Tensor:
     """U(0, 1) noise shaped like ``like`` with 16-bit resolution: u = (k + 0.5) / 2¹⁶, k uniform on 0..65535.
 
     Drawn as raw 64-bit words from numpy's PCG64 (seeded from torch's RNG, so it is reproducible under
     torch.manual_seed and resumable from checkpoints, which store torch's RNG state) and split into four 16-bit
     integers: about 3x faster than ``torch.rand`` on CPU, where noise generation was the largest part of the
-    gate overhead. The gate z = 1[g + logit(u) > 0] then fires with probability σ(g) up to 2⁻¹⁶."""
+    gate overhead. The gate z = 1[g + logit(u) > 0] then fires with probability σ(g) up to 2⁻¹⁶.
+    ``shard = (rank, world)``: draw for ``world`` times the batch and keep this rank's rows."""
+    rank, world = shard
+    shape = (like.shape[0] * world, *like.shape[1:])
     if like.device.type != "cpu":
-        return torch.rand_like(like)
+        return torch.rand(shape, dtype=like.dtype, device=like.device)[rank * like.shape[0] : (rank + 1) * like.shape[0]]
     seed = int(torch.randint(0, 2**62, (1,)).item())
     n = like.numel()
-    words = np.random.Generator(np.random.PCG64(seed)).bit_generator.random_raw((n + 3) // 4)
-    k = torch.from_numpy(words.view(np.int16)[:n]).view(like.shape)
+    words = np.random.Generator(np.random.PCG64(seed)).bit_generator.random_raw((n * world + 3) // 4)
+    k = torch.from_numpy(words.view(np.int16)[rank * n : (rank + 1) * n]).view(like.shape)
     return k.to(like.dtype).add_(32768.5).mul_(1.0 / 65536)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from circuitry.checkpoint import prepare_run_dir, resume_run, save_checkpoint, trim_log
+from circuitry.distributed import barrier, is_main, mean_over_ranks, rank_and_world, shard, wrap
 from circuitry.errors import CircuitryError
 from circuitry.sparsity.connectivity import expected_connectivity, measure_connectivity
 from circuitry.sparsity.gates import attach_gates
@@ -63,6 +65,7 @@ def sparsify(
     dense_ce = heldout_ce(model, stream, cfg.heldout_sequences)
     target = cfg.target_ce if cfg.target_ce is not None else dense_ce * (1 + cfg.tolerance)
     gates = attach_gates(model, bias_init=cfg.bias_init, mode="train")
+    gates.shard = rank_and_world()  # noise is drawn for the global batch, each rank keeps its rows
     model.train()
     groups: dict[str, list] = {"weights": [], "qk": [], "bias": [gates.bias]}
     for n, p in model.named_parameters():
@@ -72,41 +75,50 @@ def sparsify(
     opt = torch.optim.AdamW(
         [{"params": groups[k], "lr": lrs[k], "base_lr": lrs[k]} for k in groups], betas=(0.9, 0.98), weight_decay=0.0
     )
+    runner = wrap(model)  # DistributedDataParallel under torchrun
     torch.manual_seed(cfg.seed)
     start, lam, ce_ema, elapsed = 0, cfg.lambda_init, None, 0.0
+    main = is_main()
     if resume:
         start, state = resume_run(ckpt, model, opt, asdict(cfg))
-        trim_log(out / LOG, start)
+        if main:
+            trim_log(out / LOG, start)
         lam, ce_ema, elapsed = state["lambda"], state["ce_ema"], state["elapsed"]
     t0 = time.time() - elapsed
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"sparsify {name}", disable=not progress)
-    with open(out / LOG, "a" if resume else "w") as log:
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"sparsify {name}", disable=not (progress and main))
+    with open(out / LOG if main else os.devnull, "a" if resume else "w") as log:
         for step in bar:
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * min(1.0, (step + 1) / cfg.warmup)
-            tokens = stream.batch(f"sparsify|{cfg.seed}|{step}", cfg.batch_size, model.cfg.n_ctx)
-            ce = model(tokens, return_type="loss")
+            tokens = shard(stream.batch(f"sparsify|{cfg.seed}|{step}", cfg.batch_size, model.cfg.n_ctx))
+            ce = runner(tokens, return_type="loss")
             conn = expected_connectivity(gates)
             loss = conn + lam * ce  # same gradients as conn + λ (CE - target)
-            if not (torch.isfinite(loss) and torch.isfinite(ce)):
+            if mean_over_ranks(float(torch.isfinite(loss) and torch.isfinite(ce))) < 1:  # all ranks stop together
                 raise CircuitryError(f"non-finite loss at step {step}; last good checkpoint kept at {ckpt}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            ce_v = ce.item()
+            ce_v = mean_over_ranks(ce.item())  # the global-batch CE: λ stays identical on every rank
             ce_ema = ce_v if ce_ema is None else cfg.ema * ce_ema + (1 - cfg.ema) * ce_v
             lam = min(cfg.lambda_max, max(1e-6, lam * math.exp(cfg.dual_lr * (ce_ema - target))))
             if step % cfg.log_every == 0 or step == cfg.steps - 1:
-                rec = {"step": step, "ce": round(ce_v, 5), "ce_ema": round(ce_ema, 5), "connectivity": round(conn.item(), 6),
+                rec = {"step": step, "ce": round(ce_v, 5), "ce_ema": round(ce_ema, 5), "connectivity": round(mean_over_ranks(conn.item()), 6),
                        "lambda": lam, "target": round(target, 5), "seconds": round(time.time() - t0, 1)}  # fmt: skip
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
                 bar.set_postfix(ce=f"{ce_v:.3f}", conn=f"{conn.item():.3f}", lam=f"{lam:.2g}")
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
                 state = {"config": asdict(cfg), "lambda": lam, "ce_ema": ce_ema, "elapsed": time.time() - t0}
-                save_checkpoint(ckpt, model, opt, step + 1, state)
+                if main:
+                    save_checkpoint(ckpt, model, opt, step + 1, state)
+                barrier()
     seconds = time.time() - t0
+    gates.shard = (0, 1)
+    if not main:
+        barrier()
+        return model, None
     model.eval()
     gates.set_mode("eval")
     sparse_ce = heldout_ce(model, stream, cfg.heldout_sequences)
@@ -128,5 +140,6 @@ def sparsify(
     }
     save_model(model, out, meta)
     ckpt.unlink(missing_ok=True)
+    barrier()
     model.cfg.model_name = name
     return model, meta

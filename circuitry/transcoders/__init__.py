@@ -17,11 +17,18 @@ __all__ = [
 
 
 def train_and_save(model, out: str | Path, cfg: CLTTrainConfig, resume: bool = False, command: str = "", progress: bool = True):
-    """Train, measure quality on 256 held-out sequences, write ``out`` (circuit-tracer layout), drop the checkpoint."""
+    """Train, measure quality on 256 held-out sequences, write ``out`` (circuit-tracer layout), drop the checkpoint.
+    Under ``torchrun`` all ranks train; rank 0 alone evaluates and writes (the others return quality None)."""
+    from circuitry.distributed import barrier, is_main
+
     clt, info = train_clt(model, out, cfg, resume=resume, progress=progress)
+    if not is_main():
+        barrier()
+        return clt, None
     quality = evaluate_clt(model, clt)
     save_clt(clt, out, model, {**info, "quality": quality.to_dict(), "model": model.cfg.model_name, "command": command})
     (Path(out) / CHECKPOINT).unlink(missing_ok=True)
+    barrier()
     return clt, quality
 
 

@@ -9,6 +9,7 @@ Checkpoints (weights, Adam, RNG, step) are atomic; ``resume=True`` continues bit
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,10 +17,11 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from circuitry.checkpoint import prepare_run_dir, resume_run, save_checkpoint, trim_log
+from circuitry.distributed import barrier, is_main, mean_over_ranks, shard, wrap
 from circuitry.errors import CircuitryError
 from circuitry.transcoders.clt import CLTConfig, CrossLayerTranscoder
 from circuitry.zoo.pretrain import TokenStream
@@ -72,6 +74,17 @@ def clt_loss(clt: CrossLayerTranscoder, x: Tensor, y: Tensor, sparsity_coef: flo
     return loss, {"mse": mse.item(), "sparsity": sparsity.item(), "l0": l0}
 
 
+class CLTObjective(nn.Module):
+    """The training loss as a module, so DistributedDataParallel can wrap it (its forward is the loss)."""
+
+    def __init__(self, clt: CrossLayerTranscoder, cfg: CLTTrainConfig):
+        super().__init__()
+        self.clt, self.cfg = clt, cfg
+
+    def forward(self, x: Tensor, y: Tensor, sparsity_coef: float) -> tuple[Tensor, dict[str, float]]:
+        return clt_loss(self.clt, x, y, sparsity_coef, self.cfg)
+
+
 def calibrate_scales(clt: CrossLayerTranscoder, x: Tensor, y: Tensor) -> None:
     """Per-layer input scale ‖x‖/√d and output scale std(y), from non-BOS positions of one batch."""
     x, y = x[:, 1:].flatten(0, 1), y[:, 1:].flatten(0, 1)
@@ -84,7 +97,8 @@ def calibrate_scales(clt: CrossLayerTranscoder, x: Tensor, y: Tensor) -> None:
 
 def train_clt(model, out: str | Path, cfg: CLTTrainConfig, resume: bool = False, progress: bool = True) -> tuple[CrossLayerTranscoder, dict[str, Any]]:
     """Train a CLT for ``model`` (with gates, if any, in their current mode); returns (clt, run info).
-    Saving and the quality report are the caller's (see :func:`circuitry.transcoders.io.save_clt`)."""
+    Saving and the quality report are the caller's (see :func:`circuitry.transcoders.io.save_clt`).
+    Under ``torchrun`` each rank takes its shard of every global batch and DDP averages the gradients."""
     out = Path(out)
     ckpt = prepare_run_dir(out, resume, CHECKPOINT)
     if (out / "config.yaml").exists():
@@ -94,6 +108,7 @@ def train_clt(model, out: str | Path, cfg: CLTTrainConfig, resume: bool = False,
     torch.manual_seed(cfg.seed)
     clt = CrossLayerTranscoder(CLTConfig(model.cfg.n_layers, model.cfg.d_model, cfg.d_transcoder, cfg.cross_layer))
     calibrate_scales(clt, *model_activations(model, stream.batch(f"clt|{cfg.seed}|calibrate", 64, ctx)))
+    objective = wrap(CLTObjective(clt, cfg))
     opt = torch.optim.Adam(clt.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     start, elapsed = 0, 0.0
     if resume:
@@ -101,24 +116,27 @@ def train_clt(model, out: str | Path, cfg: CLTTrainConfig, resume: bool = False,
         clt.input_scale.copy_(torch.tensor(state["input_scale"]))
         clt.output_scale.copy_(torch.tensor(state["output_scale"]))
         elapsed = state["elapsed"]
-        trim_log(out / LOG, start)
+        if is_main():
+            trim_log(out / LOG, start)
     t0 = time.time() - elapsed
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="clt", disable=not progress)
-    with open(out / LOG, "a" if resume else "w") as log:
+    main = is_main()
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="clt", disable=not (progress and main))
+    with open(out / LOG if main else os.devnull, "a" if resume else "w") as log:
         for step in bar:
             lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * min(1.0, 10 * (1 - step / cfg.steps))
             for g in opt.param_groups:
                 g["lr"] = lr
             coef = cfg.sparsity_coef * min(1.0, step / max(1, cfg.sparsity_warmup * cfg.steps))
-            x, y = model_activations(model, stream.batch(f"clt|{cfg.seed}|{step}", cfg.batch_size, ctx))
-            loss, stats = clt_loss(clt, x, y, coef, cfg)
-            if not torch.isfinite(loss):
+            x, y = model_activations(model, shard(stream.batch(f"clt|{cfg.seed}|{step}", cfg.batch_size, ctx)))
+            loss, stats = objective(x, y, coef)
+            if mean_over_ranks(float(torch.isfinite(loss))) < 1:  # every rank stops together
                 raise CircuitryError(f"non-finite CLT loss at step {step}; last good checkpoint kept at {ckpt}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             if step % cfg.log_every == 0 or step == cfg.steps - 1:
-                rec = {"step": step, "loss": round(loss.item(), 5), **{k: round(v, 5) for k, v in stats.items()},
+                stats = {k: mean_over_ranks(v) for k, v in stats.items()}
+                rec = {"step": step, "loss": round(mean_over_ranks(loss.item()), 5), **{k: round(v, 5) for k, v in stats.items()},
                        "sparsity_coef": coef, "seconds": round(time.time() - t0, 1)}  # fmt: skip
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
@@ -126,5 +144,7 @@ def train_clt(model, out: str | Path, cfg: CLTTrainConfig, resume: bool = False,
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
                 state = {"config": asdict(cfg), "elapsed": time.time() - t0,
                          "input_scale": clt.input_scale.tolist(), "output_scale": clt.output_scale.tolist()}  # fmt: skip
-                save_checkpoint(ckpt, clt, opt, step + 1, state)
+                if main:
+                    save_checkpoint(ckpt, clt, opt, step + 1, state)
+                barrier()
     return clt, {"train_seconds": round(time.time() - t0, 1), "train_config": asdict(cfg), "checkpoint": str(ckpt)}
