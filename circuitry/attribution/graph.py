@@ -126,7 +126,7 @@ def salient_logits(logits: Float[Tensor, " vocab"], max_n: int = 10, desired_pro
 
 def target_rows(model, clt: CrossLayerTranscoder, point: FrozenPoint, features: Tensor, logit_tokens: list[int]):
     """(hook, position, read vector) of every target row: feature pre-activations, then demeaned logits."""
-    hooks = [f"blocks.{l}.hook_resid_mid" for l in features[:, 0].tolist()]
+    hooks = [f"blocks.{l}.{clt.cfg.feature_input_hook}" for l in features[:, 0].tolist()]
     pos = features[:, 1].tolist()
     w_enc = clt.W_enc / clt.input_scale[:, None, None]
     vecs = [w_enc[features[:, 0], features[:, 2]]]

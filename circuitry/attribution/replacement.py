@@ -29,7 +29,7 @@ class FrozenPoint:
     tokens: Int[Tensor, " pos"]
     patterns: list[Float[Tensor, "head pos pos"]]  # per layer, after gates
     scales: dict[str, Tensor]  # layer-norm scales by hook name, [pos, 1]
-    resid_mid: Float[Tensor, "pos layer d_model"]
+    resid_mid: Float[Tensor, "pos layer d_model"]  # the CLT's input (hook_resid_mid, or resid_pre if parallel)
     mlp_out: Float[Tensor, "pos layer d_model"]
     acts: Float[Tensor, "pos layer feature"]  # CLT activations (0 at BOS)
     pre: Float[Tensor, "pos layer feature"]  # CLT pre-activations
@@ -51,7 +51,7 @@ def freeze(model, clt: CrossLayerTranscoder, tokens: Int[Tensor, " pos"]) -> Fro
     L = model.cfg.n_layers
     keep = {f"blocks.{l}.attn.hook_pattern" for l in range(L)} | {"hook_embed"}
     logits, cache = model.run_with_cache(tokens[None], names_filter=lambda n: n in keep or n.endswith("hook_scale"))
-    x, y = model_activations(model, tokens[None])
+    x, y = model_activations(model, tokens[None], clt.cfg.feature_input_hook)
     recon, acts = clt(x)
     return FrozenPoint(
         tokens=tokens,

@@ -34,7 +34,7 @@ class CLTQuality:
 
 def replacement_hooks(clt: CrossLayerTranscoder, n_layers: int) -> list[tuple[str, object]]:
     """Hooks that replace every ``hook_mlp_out`` by the CLT reconstruction, encoding each layer's features from
-    the replacement model's own ``hook_resid_mid`` (so errors compound as they would in a real replacement).
+    the replacement model's own MLP-input residual (``hook_resid_mid``, or ``hook_resid_pre`` for parallel blocks) (so errors compound as they would in a real replacement).
     Position 0 (BOS, where features are off) keeps the true MLP output."""
     acts: dict[int, Tensor] = {}
 
@@ -50,7 +50,7 @@ def replacement_hooks(clt: CrossLayerTranscoder, n_layers: int) -> list[tuple[st
         recon = clt.decode_layer(stacked, layer)
         return torch.cat([y[:, :1], recon[:, 1:]], dim=1)
 
-    return [(f"blocks.{l}.hook_resid_mid", encode) for l in range(n_layers)] + [
+    return [(f"blocks.{l}.{clt.cfg.feature_input_hook}", encode) for l in range(n_layers)] + [
         (f"blocks.{l}.hook_mlp_out", replace) for l in range(n_layers)
     ]
 
@@ -76,7 +76,7 @@ def evaluate_clt(model, clt: CrossLayerTranscoder, n_sequences: int = 256, batch
     n = 0
     ys = []
     for i in range(0, n_sequences, batch_size):
-        x, y = model_activations(model, tokens[i : i + batch_size])
+        x, y = model_activations(model, tokens[i : i + batch_size], clt.cfg.feature_input_hook)
         recon, acts = clt(x)
         x, y, recon, acts = x[:, 1:], y[:, 1:], recon[:, 1:], acts[:, 1:]
         err += (recon - y).double().pow(2).sum((0, 1, 3))

@@ -47,13 +47,21 @@ class CLTTrainConfig:
     log_every: int = 25
 
 
-def model_activations(model, tokens) -> tuple[Float[Tensor, "batch pos layer d"], Float[Tensor, "batch pos layer d"]]:
-    """(``hook_resid_mid``, ``hook_mlp_out``) of every layer, stacked on a layer axis; no gradients."""
-    names = [f"blocks.{l}.hook_{k}" for l in range(model.cfg.n_layers) for k in ("resid_mid", "mlp_out")]
+def input_hook(model) -> str:
+    """Where each layer's MLP reads the residual stream: ``hook_resid_mid``, or ``hook_resid_pre`` in models
+    whose attention and MLP run in parallel (GPT-J, Pythia)."""
+    return "hook_resid_pre" if getattr(model.cfg, "parallel_attn_mlp", False) else "hook_resid_mid"
+
+
+def model_activations(model, tokens, read: str | None = None) -> tuple[Float[Tensor, "batch pos layer d"], Float[Tensor, "batch pos layer d"]]:
+    """(MLP input residual ``read``, default :func:`input_hook`; ``hook_mlp_out``) of every layer, stacked on a
+    layer axis; no gradients."""
+    read = read or input_hook(model)
+    names = [f"blocks.{l}.{k}" for l in range(model.cfg.n_layers) for k in (read, "hook_mlp_out")]
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
     L = model.cfg.n_layers
-    x = torch.stack([cache[f"blocks.{l}.hook_resid_mid"] for l in range(L)], dim=2)
+    x = torch.stack([cache[f"blocks.{l}.{read}"] for l in range(L)], dim=2)
     y = torch.stack([cache[f"blocks.{l}.hook_mlp_out"] for l in range(L)], dim=2)
     return x, y
 
@@ -106,8 +114,9 @@ def train_clt(model, out: str | Path, cfg: CLTTrainConfig, resume: bool = False,
     stream = TokenStream(model.tokenizer)
     ctx = model.cfg.n_ctx
     torch.manual_seed(cfg.seed)
-    clt = CrossLayerTranscoder(CLTConfig(model.cfg.n_layers, model.cfg.d_model, cfg.d_transcoder, cfg.cross_layer))
-    calibrate_scales(clt, *model_activations(model, stream.batch(f"clt|{cfg.seed}|calibrate", 64, ctx)))
+    clt = CrossLayerTranscoder(CLTConfig(model.cfg.n_layers, model.cfg.d_model, cfg.d_transcoder, cfg.cross_layer,
+                                         feature_input_hook=input_hook(model)))  # fmt: skip
+    calibrate_scales(clt, *model_activations(model, stream.batch(f"clt|{cfg.seed}|calibrate", 64, ctx), clt.cfg.feature_input_hook))
     objective = wrap(CLTObjective(clt, cfg))
     opt = torch.optim.Adam(clt.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     start, elapsed = 0, 0.0
@@ -127,7 +136,7 @@ def train_clt(model, out: str | Path, cfg: CLTTrainConfig, resume: bool = False,
             for g in opt.param_groups:
                 g["lr"] = lr
             coef = cfg.sparsity_coef * min(1.0, step / max(1, cfg.sparsity_warmup * cfg.steps))
-            x, y = model_activations(model, shard(stream.batch(f"clt|{cfg.seed}|{step}", cfg.batch_size, ctx)))
+            x, y = model_activations(model, shard(stream.batch(f"clt|{cfg.seed}|{step}", cfg.batch_size, ctx)), clt.cfg.feature_input_hook)
             loss, stats = objective(x, y, coef)
             if mean_over_ranks(float(torch.isfinite(loss))) < 1:  # every rank stops together
                 raise CircuitryError(f"non-finite CLT loss at step {step}; last good checkpoint kept at {ckpt}")
