@@ -192,3 +192,14 @@ def test_sparse_zoo_model_graph_is_exact_with_gated_patterns():
     actual, const = target_values(model, clt, graph)
     predicted = const + graph.adjacency[rows_of(graph)].sum(1)
     assert torch.allclose(predicted, actual, atol=1e-4 * actual.abs().max().item())
+
+
+def test_feature_cap_folds_the_rest_into_errors_and_stays_exact():
+    model, clt, tokens = random_setup("gpt2-style", seed=8)
+    full = build_graph(model, clt, tokens, max_logits=2)
+    capped = build_graph(model, clt, tokens, max_logits=2, max_feature_nodes=10)
+    assert full.n_features > 10 and capped.n_features == 10
+    actual, const = target_values(model, clt, capped)
+    assert torch.allclose(const + capped.adjacency[rows_of(capped)].sum(1), actual, atol=1e-4 * actual.abs().max().item())
+    # the logit rows are the same targets in both graphs: their values agree
+    assert torch.allclose(actual[-2:], target_values(model, clt, full)[0][-2:])

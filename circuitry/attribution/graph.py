@@ -155,6 +155,19 @@ def source_contributions(clt: CrossLayerTranscoder, point: FrozenPoint, features
     return torch.cat([feat_cols, err, emb], dim=1)
 
 
+def cap_features(clt: CrossLayerTranscoder, point: FrozenPoint, max_features: int) -> None:
+    """Keep the ``max_features`` active features with the largest decoder-norm-weighted activation
+    a·‖W_dec‖; the others are folded into the error nodes (which stay exact: error = MLP out − reconstruction
+    from the kept features). Bounds the graph's memory (the adjacency is dense, nodes²)."""
+    weight = point.acts * (clt.decoder_norms() * clt.output_scale.mean()).detach()
+    active = weight > 0
+    if int(active.sum()) <= max_features:
+        return
+    cut = weight[active].topk(max_features).values.min()
+    point.acts = torch.where(weight >= cut, point.acts, 0.0)
+    point.recon = clt.decode(point.acts)
+
+
 def build_graph(
     model,
     clt: CrossLayerTranscoder,
@@ -163,9 +176,11 @@ def build_graph(
     desired_logit_prob: float = 0.95,
     batch_size: int = 256,
     progress: bool = False,
+    max_feature_nodes: int | None = 7500,
 ) -> AttributionGraph:
     """The full (unpruned) attribution graph of ``prompt`` (BOS prepended as the model does), or of a 1-D
-    tensor of token ids (used as given)."""
+    tensor of token ids (used as given). At most ``max_feature_nodes`` features (circuit-tracer's default
+    7,500); the rest are folded into the error nodes, so the graph stays exact."""
     if isinstance(prompt, Tensor):
         tokens, prompt = prompt, ""
         token_strs = [str(t) for t in tokens.tolist()]
@@ -178,6 +193,8 @@ def build_graph(
         raise CircuitryError(f"prompt is {len(tokens)} tokens; the model's context is {model.cfg.n_ctx}")
     with torch.no_grad():
         point = freeze(model, clt, tokens)
+        if max_feature_nodes is not None:
+            cap_features(clt, point, max_feature_nodes)
     features = (point.acts > 0).nonzero()  # (pos, layer, feature)
     features = features[:, [1, 0, 2]]  # (layer, pos, feature)
     order = torch.argsort(features[:, 0] * point.n_pos + features[:, 1], stable=True)
@@ -189,7 +206,8 @@ def build_graph(
         prompt=prompt, tokens=tokens.tolist(), token_strs=token_strs, n_layers=model.cfg.n_layers,
         active_features=features, activations=point.acts[features[:, 1], features[:, 0], features[:, 2]],
         logit_tokens=logit_tokens, logit_probs=logit_probs, adjacency=torch.zeros(0, 0),
-        info={"model": model.cfg.model_name, "max_logits": max_logits, "desired_logit_prob": desired_logit_prob},
+        info={"model": model.cfg.model_name, "max_logits": max_logits, "desired_logit_prob": desired_logit_prob,
+              "max_feature_nodes": max_feature_nodes},
     )  # fmt: skip
     adjacency = torch.zeros(graph.n_nodes, graph.n_nodes)
     rows_index = torch.cat([torch.arange(len(features)), torch.arange(len(logit_tokens)) + graph.slices()["logits"].start])
