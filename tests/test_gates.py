@@ -130,10 +130,26 @@ def test_dense_model_keeps_every_edge():
     assert report.floor == pytest.approx(2 / 10)
 
 
+class _StraightThroughGate(torch.autograd.Function):
+    """Reference for the fused gate, from separate ops. Forward: the hard gate 1[noisy > 0]. Backward: the
+    gradient of sigmoid(noisy) (straight-through); it is 0 where noisy = -inf."""
+
+    @staticmethod
+    def forward(ctx, noisy: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(noisy)
+        return (noisy > 0).to(noisy.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (noisy,) = ctx.saved_tensors
+        s = torch.sigmoid(noisy)
+        return grad * (s * (1 - s))
+
+
 def test_fused_noisy_gate_equals_the_unfused_reference():
     """The fused train-mode function gives the same output and gradients as pattern × straight-through
     gate built from separate ops, masked (-inf) entries included."""
-    from circuitry.sparsity.gates import _NoisyGatedPattern, _StraightThroughGate
+    from circuitry.sparsity.gates import _NoisyGatedPattern
 
     g = torch.Generator().manual_seed(0)
     scores = torch.randn(2, 3, 5, 5, generator=g).masked_fill(torch.triu(torch.ones(5, 5, dtype=torch.bool), 1), float("-inf"))

@@ -128,8 +128,7 @@ def target_rows(model, clt: CrossLayerTranscoder, point: FrozenPoint, features: 
     """(hook, position, read vector) of every target row: feature pre-activations, then demeaned logits."""
     hooks = [f"blocks.{l}.{clt.cfg.feature_input_hook}" for l in features[:, 0].tolist()]
     pos = features[:, 1].tolist()
-    w_enc = clt.W_enc / clt.input_scale[:, None, None]
-    vecs = [w_enc[features[:, 0], features[:, 2]]]
+    vecs = [clt.raw_encoder()[features[:, 0], features[:, 2]]]
     W_U = model.W_U  # [d_model, vocab]
     vecs.append((W_U[:, logit_tokens] - W_U.mean(-1, keepdim=True)).T)
     hooks += ["unembed.hook_in"] * len(logit_tokens)
@@ -143,8 +142,7 @@ def source_contributions(clt: CrossLayerTranscoder, point: FrozenPoint, features
     cols = []
     for l in range(clt.cfg.n_layers):  # feature (l, p, f) writes a_f · W_dec[l][f, j] into MLP output l + j
         n = clt.n_targets(l)
-        w_dec = clt.W_dec[l] * clt.output_scale[l : l + n, None]
-        per_feat = einops.einsum(G[:, :, l : l + n], w_dec.detach(), "r p t d, f t d -> r p f")
+        per_feat = einops.einsum(G[:, :, l : l + n], clt.raw_decoder(l).detach(), "r p t d, f t d -> r p f")
         sel = features[:, 0] == l
         cols.append((sel, per_feat[:, features[sel, 1], features[sel, 2]] * point.acts[features[sel, 1], l, features[sel, 2]]))
     feat_cols = torch.zeros(G.shape[0], len(features))
@@ -159,7 +157,8 @@ def cap_features(clt: CrossLayerTranscoder, point: FrozenPoint, max_features: in
     """Keep the ``max_features`` active features with the largest decoder-norm-weighted activation
     a·‖W_dec‖; the others are folded into the error nodes (which stay exact: error = MLP out − reconstruction
     from the kept features). Bounds the graph's memory (the adjacency is dense, nodes²)."""
-    weight = point.acts * (clt.decoder_norms() * clt.output_scale.mean()).detach()
+    raw_norms = torch.stack([clt.raw_decoder(l).flatten(1).norm(dim=-1) for l in range(clt.cfg.n_layers)])
+    weight = point.acts * raw_norms.detach()
     active = weight > 0
     if int(active.sum()) <= max_features:
         return

@@ -70,7 +70,7 @@ class AttentionGates(nn.Module):
 
     def gate_values(self, logits: Float[Tensor, "batch head q k"]) -> Float[Tensor, "batch head q k"]:
         if self.mode == "train":
-            return _StraightThroughGate.apply(logits + torch.logit(uniform_noise(logits, self.shard), eps=1e-6))
+            return _NoisyGatedPattern.apply(torch.ones_like(logits), logits, uniform_noise(logits, self.shard))
         if self.mode == "eval":
             return torch.gt(logits, 0, out=torch.empty_like(logits))
         return torch.isfinite(logits).to(logits.dtype)
@@ -139,25 +139,10 @@ def detach_gates(model) -> AttentionGates | None:
     return gates
 
 
-class _StraightThroughGate(torch.autograd.Function):
-    """Forward: the hard gate 1[noisy > 0]. Backward: the gradient of sigmoid(noisy)
-    (straight-through), recomputed rather than stored; it is 0 where noisy = -inf."""
-
-    @staticmethod
-    def forward(ctx, noisy: Tensor) -> Tensor:
-        ctx.save_for_backward(noisy)
-        return (noisy > 0).to(noisy.dtype)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        (noisy,) = ctx.saved_tensors
-        s = torch.sigmoid(noisy)
-        return grad * (s * (1 - s))
-
-
 class _NoisyGatedPattern(torch.autograd.Function):
     """pattern · 1[g + logit(u) > 0] with the straight-through gradient of sigmoid(g + logit(u)) for g.
-    Equal to ``pattern * _StraightThroughGate.apply(g + logit(u))`` (tested), in fewer passes; ``u`` is
+    Equal to pattern × (hard gate 1[g + logit(u) > 0] with sigmoid's gradient), built from separate ops (the
+    reference in tests/test_gates.py), in fewer passes; ``u`` is
     consumed (overwritten in place)."""
 
     @staticmethod

@@ -121,10 +121,22 @@ class CrossLayerTranscoder(nn.Module):
         acts = self.encode(resid_mid)
         return self.decode(acts), acts
 
+    def raw_encoder(self) -> Float[Tensor, "layer feature d_model"]:
+        """Encoder rows in raw activation units (input scale folded in): pre = raw · x + b_enc."""
+        return self.W_enc / self.input_scale[:, None, None]
+
+    def raw_decoder(self, layer: int) -> Float[Tensor, "feature target d_model"]:
+        """Decoders of one source layer in raw units (output scales of its target layers folded in)."""
+        return self.W_dec[layer] * self.output_scale[layer : layer + self.n_targets(layer), None]
+
+    def layer_activations(self, x: Float[Tensor, "... d_model"], layer: int) -> Float[Tensor, "... feature"]:
+        """JumpReLU activations of one layer's features from that layer's input (forward only)."""
+        pre = einops.einsum(x, self.raw_encoder()[layer], "... d, f d -> ... f") + self.b_enc[layer]
+        return pre * (pre > self.threshold[layer])
+
     def feature_write(self, layer: int, feature: int) -> Float[Tensor, "target d_model"]:
         """What one unit of feature (layer, feature) adds to ``hook_mlp_out`` of layers layer.. (raw units)."""
-        n = self.n_targets(layer)
-        return self.W_dec[layer][feature] * self.output_scale[layer : layer + n, None]
+        return self.raw_decoder(layer)[feature]
 
     def fingerprint_tensors(self) -> dict[str, Tensor]:
         return {k: v.detach() for k, v in self.state_dict().items()}

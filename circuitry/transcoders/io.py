@@ -36,8 +36,8 @@ def export_tensors(clt: CrossLayerTranscoder) -> dict[str, dict[str, torch.Tenso
     files: dict[str, dict[str, torch.Tensor]] = {}
     L = clt.cfg.n_layers
     for l in range(L):
-        w_enc = (clt.W_enc[l] / clt.input_scale[l]).detach()
-        w_dec = (clt.W_dec[l] * clt.output_scale[l : l + clt.n_targets(l), None]).detach()
+        w_enc = clt.raw_encoder()[l].detach()
+        w_dec = clt.raw_decoder(l).detach()
         if clt.cfg.cross_layer:
             files[f"W_enc_{l}.safetensors"] = {f"W_enc_{l}": w_enc, f"b_enc_{l}": clt.b_enc[l].detach(),
                                                f"b_dec_{l}": clt.b_dec[l].detach(), f"threshold_{l}": clt.threshold[l].detach()}  # fmt: skip

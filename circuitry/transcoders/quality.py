@@ -39,9 +39,7 @@ def replacement_hooks(clt: CrossLayerTranscoder, n_layers: int) -> list[tuple[st
     acts: dict[int, Tensor] = {}
 
     def encode(x, hook):
-        layer = hook.layer()
-        pre = torch.einsum("bpd,fd->bpf", x / clt.input_scale[layer], clt.W_enc[layer]) + clt.b_enc[layer]
-        acts[layer] = pre * (pre > clt.threshold[layer])
+        acts[hook.layer()] = clt.layer_activations(x, hook.layer())
         return x
 
     def replace(y, hook):
@@ -69,7 +67,6 @@ def evaluate_clt(model, clt: CrossLayerTranscoder, n_sequences: int = 256, batch
     tokens = TokenStream(model.tokenizer).heldout(n_sequences, model.cfg.n_ctx)
     L = model.cfg.n_layers
     err = torch.zeros(L, dtype=torch.float64)
-    var = torch.zeros(L, dtype=torch.float64)
     sq = torch.zeros(L, dtype=torch.float64)
     fired = torch.zeros(L, clt.cfg.d_transcoder, dtype=torch.bool)
     l0 = torch.zeros(L, dtype=torch.float64)
@@ -82,12 +79,11 @@ def evaluate_clt(model, clt: CrossLayerTranscoder, n_sequences: int = 256, batch
         err += (recon - y).double().pow(2).sum((0, 1, 3))
         sq += y.double().pow(2).sum((0, 1, 3))
         ys.append(y.double().sum((0, 1)))
-        var += y.double().pow(2).sum((0, 1, 3))
         fired |= (acts > 0).flatten(0, 1).any(0)
         l0 += (acts > 0).double().sum((0, 1, 3))
         n += y.shape[0] * y.shape[1]
     mean = torch.stack(ys).sum(0) / n  # [layer, d]
-    var = var - n * mean.pow(2).sum(-1)  # Σ‖y − ȳ‖²
+    var = sq - n * mean.pow(2).sum(-1)  # Σ‖y − ȳ‖²
     zero_hooks = [(f"blocks.{l}.hook_mlp_out", lambda y, hook: torch.cat([y[:, :1], torch.zeros_like(y[:, 1:])], 1)) for l in range(L)]
     ce_orig = _ce(model, tokens, [], batch_size)
     ce_repl = _ce(model, tokens, replacement_hooks(clt, L), batch_size)
