@@ -45,6 +45,7 @@ def test_clt_train_then_eval(tmp_path):
     "args, message",
     [
         (["attribute", " "], "empty prompt"),
+        (["attribute", " the" * 80], "the model's context is 64"),
         (["attribute", PROMPT, "--model", "tiny-sparse", "--clt", str(ZOO_DIR / "tiny-dense" / "clt")], "different model"),
         (["attribute", PROMPT, "--clt", "/nonexistent"], "not a transcoder directory"),
         (["attribute", PROMPT, "--node-threshold", "0"], "(0, 1]"),

@@ -186,7 +186,7 @@ def build_graph(
     else:
         if not prompt.strip():
             raise CircuitryError("empty prompt")
-        tokens = model.to_tokens(prompt)[0]
+        tokens = model.to_tokens(prompt, truncate=False)[0]  # not silently cut to n_ctx: checked below
         token_strs = model.to_str_tokens(tokens)
     if len(tokens) > model.cfg.n_ctx:
         raise CircuitryError(f"prompt is {len(tokens)} tokens; the model's context is {model.cfg.n_ctx}")
