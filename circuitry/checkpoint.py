@@ -24,7 +24,7 @@ def save_checkpoint(
     tensors: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """``state`` is JSON-able run state (config, λ, counters); ``tensors`` any extra tensors."""
-    out = {f"model.{k}": v for k, v in model.named_parameters()}
+    out = {f"model.{k}": v for k, v in _trainable(model).items()}  # frozen weights (LoRA bases) are not saved
     opt = optimizer.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
     for pid, st in opt["state"].items():
@@ -50,7 +50,7 @@ def load_checkpoint(
     """Restore model, optimiser and torch RNG in place; returns (step, state, extra tensors)."""
     tensors, meta = load_tensors(path, kind="checkpoint")
     weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    params = dict(model.named_parameters())
+    params = _trainable(model)
     if set(weights) != set(params) or any(weights[k].shape != params[k].shape for k in params):
         raise CircuitryError(f"checkpoint {path} does not fit this model (different architecture)")
     with torch.no_grad():
@@ -102,3 +102,7 @@ def trim_log(path: str | Path, start: int) -> None:
         return
     keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] < start]
     atomic_write_bytes(path, "".join(line + "\n" for line in keep).encode())
+
+
+def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    return {k: p for k, p in model.named_parameters() if p.requires_grad}

@@ -97,6 +97,12 @@ def sparsify_cmd(
     qk_lr: float = typer.Option(1e-4, "--qk-lr", help="Learning rate of the query/key weights."),
     bias_lr: float = typer.Option(2e-2, "--bias-lr", help="Learning rate of the per-head gate biases."),
     seed: int = typer.Option(0, "--seed"),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Sequence length (default: the model's context)."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per step (gradient accumulation)."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 autocast on GPU), fp32 or bf16."),
+    activation_checkpointing: bool = typer.Option(False, "--activation-checkpointing", help="Recompute block activations in the backward pass."),
+    lora_rank: int = typer.Option(0, "--lora-rank", help="0: train all weights; r > 0: rank-r LoRA on attention and MLP weights."),
+    lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help="LoRA scale alpha / r (default alpha = r)."),
     name: str = typer.Option("tiny-sparse", "--name"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in --out."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write training-curve and connectivity plots."),
@@ -113,7 +119,9 @@ def sparsify_cmd(
     dense = load_model(model)
     if getattr(dense, "gates", None) is not None:
         raise CircuitryError(f"model {model!r} already has gates; start from a dense model")
-    cfg = SparsifyConfig(steps=steps, tolerance=tolerance, batch_size=batch_size, lr=lr, qk_lr=qk_lr, bias_lr=bias_lr, seed=seed)
+    cfg = SparsifyConfig(steps=steps, tolerance=tolerance, batch_size=batch_size, lr=lr, qk_lr=qk_lr, bias_lr=bias_lr, seed=seed,
+                         seq_len=seq_len, grad_accum=grad_accum, precision=precision, activation_checkpointing=activation_checkpointing,
+                         lora_rank=lora_rank, lora_alpha=lora_alpha)  # fmt: skip
     sparse, meta = sparsify(dense, out, cfg, resume=resume, name=name, parent=model)
     if meta is None:  # not rank 0 of a torchrun job
         return

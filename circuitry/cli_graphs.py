@@ -47,6 +47,9 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
         per_layer: bool = typer.Option(False, "--per-layer", help="Per-layer transcoders instead of a CLT."),
         sparsity: float = typer.Option(5e-3, "--sparsity", help="Coefficient of the tanh sparsity penalty."),
         seed: int = typer.Option(0, "--seed"),
+        seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Sequence length (default: the model's context)."),
+        grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per step (gradient accumulation)."),
+        precision: str = typer.Option("auto", "--precision", help="auto (bf16 autocast on GPU), fp32 or bf16."),
         resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in --out."),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
@@ -60,7 +63,7 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
         init_from_env()  # under torchrun: join the process group (DDP); otherwise a no-op
         m = load_model(model)
         cfg = CLTTrainConfig(d_transcoder=features, cross_layer=not per_layer, steps=steps, batch_size=batch_size,
-                             sparsity_coef=sparsity, seed=seed)  # fmt: skip
+                             sparsity_coef=sparsity, seed=seed, seq_len=seq_len, grad_accum=grad_accum, precision=precision)  # fmt: skip
         command = "circuitry " + " ".join(shlex.quote(a) for a in sys.argv[1:] if a != "--resume")
         _, quality = train_and_save(m, out, cfg, resume=resume, command=command)
         if quality is None:  # not rank 0

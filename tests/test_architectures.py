@@ -1,17 +1,22 @@
 """Real architectures with random weights (no download): TransformerLens configs of GPT-2 small, Pythia-160m
-(rotary, parallel attention + MLP) and a Llama-style grouped-query model. Gates, a gated training step, the
-EAP graph and attribution graphs work on each."""
+(rotary, parallel attention + MLP) and a Llama-style grouped-query model, with the zoo tokenizer. Every workflow
+runs on each: gates (exactly removable), sparse post-training (one step; LoRA on one architecture), the EAP
+graph and `discover`, CLT training (one step) and exact attribution graphs."""
 
 import pytest
 import torch
 
 from circuitry.attribution import attention_split, build_graph, target_values
-from circuitry.circuits import Graph
+import math
+
+from circuitry.circuits import Graph, discover
+from circuitry.circuits.multihead import as_multi_head, is_grouped_query
 from circuitry.errors import CircuitryError
-from circuitry.sparsity import attach_gates, detach_gates, expected_connectivity
-from circuitry.transcoders import CLTConfig, CrossLayerTranscoder
+from circuitry.sparsity import SparsifyConfig, attach_gates, detach_gates, expected_connectivity, sparsify
+from circuitry.tasks import get_task
+from circuitry.transcoders import CLTConfig, CLTTrainConfig, CrossLayerTranscoder, train_clt
 from circuitry.transcoders.train import input_hook
-from circuitry.zoo.registry import build_model
+from circuitry.zoo.registry import build_model, load_model
 
 COMMON = dict(default_prepend_bos=True, original_architecture=None, attn_only=False, n_key_value_heads=None, rotary_dim=None, gated_mlp=False)
 CONFIGS = {
@@ -23,11 +28,13 @@ CONFIGS = {
                       act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=64, gated_mlp=True),
 }  # fmt: skip
 EDGES = {"gpt2-small": 32491}
+LORA = {"llama-gqa": 4}  # sparse post-training with LoRA adapters on this one, all weights on the others
 
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
 def arch(request):
-    return request.param, build_model({**COMMON, **CONFIGS[request.param]}, seed=0)
+    tokenizer = load_model("tiny-dense").tokenizer  # the zoo language, so tasks and training data exist
+    return request.param, build_model({**COMMON, **CONFIGS[request.param]}, tokenizer, seed=0)
 
 
 def tokens(model, n=12, seed=0):
@@ -57,14 +64,48 @@ def test_gates_detach_exactly_and_train_one_step(arch):
 
 def test_component_graph_edge_count(arch):
     name, model = arch
-    if name == "llama-gqa":  # known gap: the EAP component graph has no grouped-query k/v inputs yet
-        with pytest.raises(CircuitryError, match="grouped-query"):
+    if is_grouped_query(model):
+        with pytest.raises(CircuitryError, match="as_multi_head"):
             Graph.from_model(model)
-        return
+        mha = as_multi_head(model)
+        x = tokens(model)
+        with torch.no_grad():
+            assert torch.allclose(mha(x), model(x), atol=1e-5)  # the same function, per-head keys/values
+        model = mha
     graph = Graph.from_model(model)
-    if name in EDGES:
-        assert graph.n_edges == EDGES[name]
-    assert graph.n_edges > 0
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    sources = [1 + l * (H + 1) for l in range(L)]  # sources upstream of layer l's heads
+    parallel = getattr(model.cfg, "parallel_attn_mlp", False)
+    formula = sum(3 * H * s + s + (0 if parallel else H) for s in sources) + 1 + L * (H + 1)
+    assert graph.n_edges == formula == EDGES.get(name, formula)
+
+
+def test_discover_runs_with_full_circuit_faithful(arch):
+    name, model = arch
+    result = discover(model, get_task("ioi", model), "eap", n_prompts=4, grid_points=3, batch_size=4)
+    d = result.to_dict()
+    assert d["edges_total"] == Graph.from_model(as_multi_head(model)).n_edges
+    full = [f for n, f in d["faithfulness_curve"] if n == d["edges_total"]]
+    assert full and abs(full[0] - 1) < 1e-3 and torch.isfinite(result.scores).all()
+
+
+def test_sparsify_one_step(arch, tmp_path):
+    name, model = arch
+    cfg = SparsifyConfig(steps=1, batch_size=2, seq_len=16, heldout_sequences=2, lora_rank=LORA.get(name, 0))
+    sparse, meta = sparsify(model, tmp_path / name, cfg, progress=False, name=f"{name}-sparse", parent=name)
+    try:
+        assert math.isfinite(meta["heldout_ce"]) and 0 < meta["connectivity"] <= 1
+        assert all(p.requires_grad for p in sparse.parameters())  # LoRA merged back into plain weights
+    finally:
+        detach_gates(sparse)
+
+
+def test_clt_train_one_step(arch, tmp_path):
+    name, model = arch
+    clt, info = train_clt(model, tmp_path / "clt", CLTTrainConfig(d_transcoder=8, steps=1, batch_size=2, seq_len=16), progress=False)
+    assert clt.cfg.feature_input_hook == input_hook(model)
+    log = (tmp_path / "clt" / "train_log.jsonl").read_text()
+    assert '"step": 0' in log and "NaN" not in log
 
 
 def test_attribution_graph_is_exact(arch):

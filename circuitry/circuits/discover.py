@@ -16,6 +16,7 @@ from torch import Tensor
 
 from circuitry.circuits.evaluate import FaithfulnessCurve, default_grid, faithfulness_curve
 from circuitry.circuits.graph import Graph
+from circuitry.circuits.multihead import as_multi_head
 from circuitry.circuits.patching import exact_edge_scores
 from circuitry.circuits.scoring import eap_scores
 from circuitry.circuits.selection import Circuit, prune, top_n
@@ -73,6 +74,7 @@ def discover(
     if n_prompts <= 0:
         raise CircuitryError(f"number of prompts must be positive, got {n_prompts}")
     t0 = time.time()
+    model = as_multi_head(model)  # grouped-query models: the same function with per-head keys/values
     graph = Graph.from_model(model)
     if method == "exact":
         scores = exact_edge_scores(model, task, graph, ablation, n=n_prompts, seed=seed, batch_size=batch_size)

@@ -56,7 +56,8 @@ def check_model(model) -> None:
     cfg = model.cfg
     if cfg.n_key_value_heads is not None and cfg.n_key_value_heads != cfg.n_heads:
         raise CircuitryError(
-            "grouped-query attention (n_key_value_heads != n_heads) is not supported by circuit graphs yet"
+            "grouped-query attention: circuit graphs work on the exact multi-head equivalent; convert with "
+            "circuitry.circuits.as_multi_head(model) (discover and compare do this themselves)"
         )
     if getattr(cfg, "use_normalization_before_and_after", False):
         raise CircuitryError("models with a norm after attention/MLP outputs are not supported by circuit graphs")

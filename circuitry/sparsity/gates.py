@@ -173,13 +173,14 @@ def uniform_noise(like: Tensor, shard: tuple[int, int] = (0, 1)) -> Tensor:
     ``shard = (rank, world)``: draw for ``world`` times the batch and keep this rank's rows."""
     rank, world = shard
     shape = (like.shape[0] * world, *like.shape[1:])
+    dtype = torch.promote_types(like.dtype, torch.float32)  # never bf16/fp16: logit(u) must stay finite
     if like.device.type != "cpu":
-        return torch.rand(shape, dtype=like.dtype, device=like.device)[rank * like.shape[0] : (rank + 1) * like.shape[0]]
+        return torch.rand(shape, dtype=dtype, device=like.device)[rank * like.shape[0] : (rank + 1) * like.shape[0]]
     seed = int(torch.randint(0, 2**62, (1,)).item())
     n = like.numel()
     words = np.random.Generator(np.random.PCG64(seed)).bit_generator.random_raw((n * world + 3) // 4)
     k = torch.from_numpy(words.view(np.int16)[rank * n : (rank + 1) * n]).view(like.shape)
-    return k.to(like.dtype).add_(32768.5).mul_(1.0 / 65536)
+    return k.to(dtype).add_(32768.5).mul_(1.0 / 65536)
 
 
 def _bind(fn, layer: int):

@@ -23,8 +23,10 @@ from tqdm.auto import tqdm
 from circuitry.checkpoint import prepare_run_dir, resume_run, save_checkpoint, trim_log
 from circuitry.distributed import barrier, is_main, mean_over_ranks, rank_and_world, shard, wrap
 from circuitry.errors import CircuitryError
+from circuitry.lora import add_lora, lora_target_of, merge_lora
 from circuitry.sparsity.connectivity import expected_connectivity, measure_connectivity
 from circuitry.sparsity.gates import attach_gates
+from circuitry.training import autocast, check_options, micro_batches, no_sync, rng_rewinder, set_activation_checkpointing
 from circuitry.zoo.pretrain import TokenStream, heldout_ce
 from circuitry.zoo.registry import save_model
 
@@ -53,6 +55,12 @@ class SparsifyConfig:
     checkpoint_every: int = 100
     log_every: int = 10
     heldout_sequences: int = 1024
+    seq_len: int | None = None  # training/held-out sequence length; None: the model's n_ctx
+    grad_accum: int = 1  # micro-batches per step (each process's share of batch_size is split this many ways)
+    precision: str = "auto"  # bf16 autocast on a GPU, fp32 on CPU; or "fp32" / "bf16"
+    activation_checkpointing: bool = False  # recompute block activations in the backward pass
+    lora_rank: int = 0  # 0: train all weights; r > 0: rank-r LoRA adapters on attention and MLP weights
+    lora_alpha: float | None = None  # adapter scale alpha / r; None: alpha = r
 
 
 def sparsify(
@@ -60,17 +68,25 @@ def sparsify(
 ):
     """Post-train ``model`` (dense, with a tokenizer) in place into a gated sparse model written to ``out``."""
     out = Path(out)
+    check_options(cfg.grad_accum, cfg.precision)
+    ctx = cfg.seq_len or model.cfg.n_ctx
+    if not 2 <= ctx <= model.cfg.n_ctx:
+        raise CircuitryError(f"sequence length {ctx} must be between 2 and the model's context {model.cfg.n_ctx}")
     ckpt = prepare_run_dir(out, resume, CHECKPOINT)
     stream = TokenStream(model.tokenizer)
-    dense_ce = heldout_ce(model, stream, cfg.heldout_sequences)
+    dense_ce = heldout_ce(model, stream, cfg.heldout_sequences, length=ctx)
     target = cfg.target_ce if cfg.target_ce is not None else dense_ce * (1 + cfg.tolerance)
     gates = attach_gates(model, bias_init=cfg.bias_init, mode="train")
-    gates.shard = rank_and_world()  # noise is drawn for the global batch, each rank keeps its rows
+    rank, world = rank_and_world()
+    if cfg.lora_rank:
+        torch.manual_seed(cfg.seed)  # adapter initialisation
+        add_lora(model, cfg.lora_rank, cfg.lora_alpha)
+    set_activation_checkpointing(model, cfg.activation_checkpointing)
     model.train()
     groups: dict[str, list] = {"weights": [], "qk": [], "bias": [gates.bias]}
     for n, p in model.named_parameters():
-        if not n.startswith("gates."):
-            groups["qk" if n.split(".")[-1] in QK_PARAMS else "weights"].append(p)
+        if not n.startswith("gates.") and p.requires_grad:  # with LoRA: the adapters (base weights are frozen)
+            groups["qk" if (lora_target_of(n) or n.split(".")[-1]) in QK_PARAMS else "weights"].append(p)
     lrs = {"weights": cfg.lr, "qk": cfg.qk_lr, "bias": cfg.bias_lr}
     opt = torch.optim.AdamW(
         [{"params": groups[k], "lr": lrs[k], "base_lr": lrs[k]} for k in groups], betas=(0.9, 0.98), weight_decay=0.0
@@ -90,25 +106,33 @@ def sparsify(
         for step in bar:
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * min(1.0, (step + 1) / cfg.warmup)
-            tokens = shard(stream.batch(f"sparsify|{cfg.seed}|{step}", cfg.batch_size, model.cfg.n_ctx))
-            ce = runner(tokens, return_type="loss")
-            conn = expected_connectivity(gates)
-            loss = conn + lam * ce  # same gradients as conn + λ (CE - target)
-            if mean_over_ranks(float(torch.isfinite(loss) and torch.isfinite(ce))) < 1:  # all ranks stop together
-                raise CircuitryError(f"non-finite loss at step {step}; last good checkpoint kept at {ckpt}")
+            parts = micro_batches(shard(stream.batch(f"sparsify|{cfg.seed}|{step}", cfg.batch_size, ctx)), cfg.grad_accum)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            ce_sum, conn_sum, rewind = 0.0, 0.0, rng_rewinder()
+            for i, tokens in enumerate(parts):
+                rewind()
+                # gate noise: drawn for the global batch, this micro-batch keeps its rows (so neither the number
+                # of processes nor of micro-batches changes the run beyond float summation order)
+                gates.shard = (rank * len(parts) + i, world * len(parts))
+                with no_sync(runner, i == len(parts) - 1):
+                    with autocast(cfg.precision, tokens.device):
+                        ce = runner(tokens, return_type="loss")
+                        conn = expected_connectivity(gates)
+                    ((conn + lam * ce) / len(parts)).backward()  # same gradients as conn + λ (CE - target)
+                ce_sum, conn_sum = ce_sum + ce.item() / len(parts), conn_sum + conn.item() / len(parts)
+            if mean_over_ranks(float(math.isfinite(ce_sum) and math.isfinite(conn_sum))) < 1:  # all ranks stop together
+                raise CircuitryError(f"non-finite loss at step {step}; last good checkpoint kept at {ckpt}")
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            ce_v = mean_over_ranks(ce.item())  # the global-batch CE: λ stays identical on every rank
+            ce_v = mean_over_ranks(ce_sum)  # the global-batch CE: λ stays identical on every rank
             ce_ema = ce_v if ce_ema is None else cfg.ema * ce_ema + (1 - cfg.ema) * ce_v
             lam = min(cfg.lambda_max, max(1e-6, lam * math.exp(cfg.dual_lr * (ce_ema - target))))
             if step % cfg.log_every == 0 or step == cfg.steps - 1:
-                rec = {"step": step, "ce": round(ce_v, 5), "ce_ema": round(ce_ema, 5), "connectivity": round(mean_over_ranks(conn.item()), 6),
+                rec = {"step": step, "ce": round(ce_v, 5), "ce_ema": round(ce_ema, 5), "connectivity": round(mean_over_ranks(conn_sum), 6),
                        "lambda": lam, "target": round(target, 5), "seconds": round(time.time() - t0, 1)}  # fmt: skip
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
-                bar.set_postfix(ce=f"{ce_v:.3f}", conn=f"{conn.item():.3f}", lam=f"{lam:.2g}")
+                bar.set_postfix(ce=f"{ce_v:.3f}", conn=f"{conn_sum:.3f}", lam=f"{lam:.2g}")
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
                 state = {"config": asdict(cfg), "lambda": lam, "ce_ema": ce_ema, "elapsed": time.time() - t0}
                 if main:
@@ -116,13 +140,16 @@ def sparsify(
                 barrier()
     seconds = time.time() - t0
     gates.shard = (0, 1)
+    set_activation_checkpointing(model, False)
+    if cfg.lora_rank:
+        merge_lora(model)  # plain weights again, saved in the usual format
     if not main:
         barrier()
         return model, None
     model.eval()
     gates.set_mode("eval")
-    sparse_ce = heldout_ce(model, stream, cfg.heldout_sequences)
-    report = measure_connectivity(model, stream.heldout(cfg.heldout_sequences, model.cfg.n_ctx))
+    sparse_ce = heldout_ce(model, stream, cfg.heldout_sequences, length=ctx)
+    report = measure_connectivity(model, stream.heldout(cfg.heldout_sequences, ctx))
     meta = {
         "name": name,
         "kind": "sparse",
@@ -136,10 +163,19 @@ def sparsify(
         "train_seconds": round(seconds, 1),
         "sparsify_config": asdict(cfg),
         "command": f"circuitry sparsify --model {parent} --out {out} --steps {cfg.steps} --tolerance {cfg.tolerance} "
-        f"--batch-size {cfg.batch_size} --lr {cfg.lr} --qk-lr {cfg.qk_lr} --bias-lr {cfg.bias_lr} --seed {cfg.seed}",
+        f"--batch-size {cfg.batch_size} --lr {cfg.lr} --qk-lr {cfg.qk_lr} --bias-lr {cfg.bias_lr} --seed {cfg.seed}" + _scale_flags(cfg),
     }
     save_model(model, out, meta)
     ckpt.unlink(missing_ok=True)
     barrier()
     model.cfg.model_name = name
     return model, meta
+
+
+def _scale_flags(cfg: SparsifyConfig) -> str:
+    """The large-model options of ``cfg`` that differ from their defaults, as CLI flags."""
+    flags = {"--seq-len": cfg.seq_len, "--grad-accum": cfg.grad_accum if cfg.grad_accum != 1 else None,
+             "--precision": cfg.precision if cfg.precision != "auto" else None, "--lora-rank": cfg.lora_rank or None,
+             "--lora-alpha": cfg.lora_alpha}  # fmt: skip
+    out = "".join(f" {k} {v}" for k, v in flags.items() if v is not None)
+    return out + (" --activation-checkpointing" if cfg.activation_checkpointing else "")

@@ -25,7 +25,7 @@ def train_and_save(model, out: str | Path, cfg: CLTTrainConfig, resume: bool = F
     if not is_main():
         barrier()
         return clt, None
-    quality = evaluate_clt(model, clt)
+    quality = evaluate_clt(model, clt, seq_len=cfg.seq_len)
     save_clt(clt, out, model, {**info, "quality": quality.to_dict(), "model": model.cfg.model_name, "command": command})
     (Path(out) / CHECKPOINT).unlink(missing_ok=True)
     barrier()

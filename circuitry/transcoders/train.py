@@ -9,6 +9,7 @@ Checkpoints (weights, Adam, RNG, step) are atomic; ``resume=True`` continues bit
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 from circuitry.checkpoint import prepare_run_dir, resume_run, save_checkpoint, trim_log
 from circuitry.distributed import barrier, is_main, mean_over_ranks, shard, wrap
 from circuitry.errors import CircuitryError
+from circuitry.training import autocast, check_options, micro_batches, no_sync
 from circuitry.transcoders.clt import CLTConfig, CrossLayerTranscoder
 from circuitry.zoo.pretrain import TokenStream
 
@@ -45,6 +47,9 @@ class CLTTrainConfig:
     seed: int = 0
     checkpoint_every: int = 250
     log_every: int = 25
+    seq_len: int | None = None  # sequence length of the activation batches; None: the model's n_ctx
+    grad_accum: int = 1  # micro-batches per step
+    precision: str = "auto"  # bf16 autocast on a GPU, fp32 on CPU; or "fp32" / "bf16"
 
 
 def input_hook(model) -> str:
@@ -112,7 +117,10 @@ def train_clt(model, out: str | Path, cfg: CLTTrainConfig, resume: bool = False,
     if (out / "config.yaml").exists():
         raise CircuitryError(f"{out} already holds a transcoder; choose another --out")
     stream = TokenStream(model.tokenizer)
-    ctx = model.cfg.n_ctx
+    check_options(cfg.grad_accum, cfg.precision)
+    ctx = cfg.seq_len or model.cfg.n_ctx
+    if not 2 <= ctx <= model.cfg.n_ctx:
+        raise CircuitryError(f"sequence length {ctx} must be between 2 and the model's context {model.cfg.n_ctx}")
     torch.manual_seed(cfg.seed)
     clt = CrossLayerTranscoder(CLTConfig(model.cfg.n_layers, model.cfg.d_model, cfg.d_transcoder, cfg.cross_layer,
                                          feature_input_hook=input_hook(model)))  # fmt: skip
@@ -136,16 +144,24 @@ def train_clt(model, out: str | Path, cfg: CLTTrainConfig, resume: bool = False,
             for g in opt.param_groups:
                 g["lr"] = lr
             coef = cfg.sparsity_coef * min(1.0, step / max(1, cfg.sparsity_warmup * cfg.steps))
-            x, y = model_activations(model, shard(stream.batch(f"clt|{cfg.seed}|{step}", cfg.batch_size, ctx)), clt.cfg.feature_input_hook)
-            loss, stats = objective(x, y, coef)
-            if mean_over_ranks(float(torch.isfinite(loss))) < 1:  # every rank stops together
-                raise CircuitryError(f"non-finite CLT loss at step {step}; last good checkpoint kept at {ckpt}")
+            parts = micro_batches(shard(stream.batch(f"clt|{cfg.seed}|{step}", cfg.batch_size, ctx)), cfg.grad_accum)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss_sum, stats = 0.0, {}
+            for i, tokens in enumerate(parts):
+                with autocast(cfg.precision, tokens.device):
+                    x, y = model_activations(model, tokens, clt.cfg.feature_input_hook)
+                with no_sync(objective, i == len(parts) - 1):
+                    with autocast(cfg.precision, tokens.device):
+                        loss, part = objective(x, y, coef)
+                    (loss / len(parts)).backward()
+                loss_sum += loss.item() / len(parts)
+                stats = {k: stats.get(k, 0.0) + v / len(parts) for k, v in part.items()}
+            if mean_over_ranks(float(math.isfinite(loss_sum))) < 1:  # every rank stops together
+                raise CircuitryError(f"non-finite CLT loss at step {step}; last good checkpoint kept at {ckpt}")
             opt.step()
             if step % cfg.log_every == 0 or step == cfg.steps - 1:
                 stats = {k: mean_over_ranks(v) for k, v in stats.items()}
-                rec = {"step": step, "loss": round(mean_over_ranks(loss.item()), 5), **{k: round(v, 5) for k, v in stats.items()},
+                rec = {"step": step, "loss": round(mean_over_ranks(loss_sum), 5), **{k: round(v, 5) for k, v in stats.items()},
                        "sparsity_coef": coef, "seconds": round(time.time() - t0, 1)}  # fmt: skip
                 log.write(json.dumps(rec) + "\n")
                 log.flush()

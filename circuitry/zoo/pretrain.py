@@ -85,9 +85,9 @@ class TokenStream:
 
 
 @torch.no_grad()
-def heldout_ce(model, stream: TokenStream, n: int = 256, batch_size: int = 64) -> float:
-    """Mean next-token cross-entropy (nats/token) on ``n`` held-out sequences of n_ctx tokens."""
-    tokens = stream.heldout(n, model.cfg.n_ctx)
+def heldout_ce(model, stream: TokenStream, n: int = 256, batch_size: int = 64, length: int | None = None) -> float:
+    """Mean next-token cross-entropy (nats/token) on ``n`` held-out sequences of ``length`` (default n_ctx) tokens."""
+    tokens = stream.heldout(n, length or model.cfg.n_ctx)
     losses = [model(tokens[i : i + batch_size], return_type="loss").item() for i in range(0, n, batch_size)]
     sizes = [len(tokens[i : i + batch_size]) for i in range(0, n, batch_size)]
     return sum(l * s for l, s in zip(losses, sizes)) / n

@@ -1,0 +1,85 @@
+"""Training-loop options that large models need: gradient accumulation, bf16 autocast, activation
+checkpointing. Used by sparse post-training and CLT training; all three leave a small-model run unchanged
+when off (the defaults on CPU).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import ContextManager
+
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from circuitry.errors import CircuitryError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def check_options(grad_accum: int, precision: str) -> None:
+    """Refuse bad values before any work is done."""
+    if grad_accum < 1:
+        raise CircuitryError(f"gradient accumulation steps must be >= 1, got {grad_accum}")
+    if precision not in PRECISIONS:
+        raise CircuitryError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+
+
+def autocast(precision: str, device: torch.device | str) -> ContextManager:
+    """``torch.autocast`` to bfloat16 for ``bf16`` (and for ``auto`` when the model is on a GPU); fp32 otherwise.
+    On CPU ``bf16`` works too (slower than fp32 on most CPUs; useful to test a GPU recipe)."""
+    check_options(1, precision)
+    device_type = torch.device(device).type
+    if precision == "bf16" or (precision == "auto" and device_type == "cuda"):
+        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def micro_batches(batch: Tensor, n: int) -> list[Tensor]:
+    """``batch`` split into ``n`` equal micro-batches (gradient accumulation over ``n`` backward passes)."""
+    if n < 1:
+        raise CircuitryError(f"gradient accumulation steps must be >= 1, got {n}")
+    if len(batch) % n:
+        raise CircuitryError(f"batch of {len(batch)} sequences per process does not split into {n} equal micro-batches")
+    return list(batch.chunk(n))
+
+
+def rng_rewinder():
+    """A function that puts torch's RNG (CPU and CUDA) back to its state now. Called before each micro-batch,
+    it makes every micro-batch draw the same random seeds a single full-batch pass draws (gate noise is drawn
+    for the whole batch and sliced), so accumulation does not change the run."""
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+
+    def rewind() -> None:
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+    return rewind
+
+
+def no_sync(module, last: bool) -> ContextManager:
+    """DistributedDataParallel's ``no_sync`` on every micro-batch but the last (one all-reduce per step)."""
+    return nullcontext() if last or not hasattr(module, "no_sync") else module.no_sync()
+
+
+def set_activation_checkpointing(model, enabled: bool = True) -> None:
+    """Recompute each transformer block's activations in the backward pass instead of storing them
+    (``torch.utils.checkpoint``, non-reentrant): memory per block falls to its input, for one extra forward.
+    Hooks run again during recomputation with torch's RNG restored, so gate noise (seeded from torch's RNG)
+    is redrawn identically and gradients equal those without checkpointing. Only applies with grad enabled."""
+    for block in model.blocks:
+        if not enabled:
+            block.__dict__.pop("forward", None)
+            continue
+        if "forward" in block.__dict__:
+            continue
+        forward = block.forward
+
+        def checkpointed(*args, _forward=forward, **kwargs):
+            if not torch.is_grad_enabled():
+                return _forward(*args, **kwargs)
+            return checkpoint(_forward, *args, use_reentrant=False, preserve_rng_state=True, **kwargs)
+
+        block.forward = checkpointed
