@@ -80,15 +80,17 @@ def ablated_sources(model, graph: Graph, batch: TaskBatch, ablation: Ablation) -
 
 
 def _dense_hook(th: TargetHook, cur: Tensor, abl: Tensor, cols: Float[Tensor, "up t"]):
-    idx = cols.any(1).nonzero().flatten()  # only sources with a removed edge into this hook
-    w = cols[idx].to(cur.device)
+    # every upstream source, with zero weight where no edge is removed: a contiguous slice and one batched
+    # matmul over sources is ~5x faster on CPU than gathering the removed sources and an einsum
+    w = cols.to(cur.device)
+    if not th.heads:
+        w = w[:, 0]
 
     def hook(x: Tensor, hook) -> Tensor:
         p = x.shape[1]
-        diff = cur[:, :p, idx] - abl[:, :p, idx]
-        if th.heads:
-            return x - einops.einsum(diff, w.to(x.dtype), "b p s d, s t -> b p t d")
-        return x - einops.einsum(diff, w[:, 0].to(x.dtype), "b p s d, s -> b p d")
+        diff = (cur[:, :p, : th.n_up] - abl[:, :p, : th.n_up]).transpose(2, 3)  # [b, p, d, s]
+        removed = torch.matmul(diff, w.to(x.dtype))  # [b, p, d, t] or [b, p, d]
+        return x - (removed.transpose(2, 3) if th.heads else removed)
 
     return hook
 
