@@ -96,17 +96,16 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
         clt: Optional[Path] = typer.Option(None, "--clt", help="Transcoder directory (default: the model's shipped one)."),
         node_threshold: float = typer.Option(0.8, "--node-threshold"),
         edge_threshold: float = typer.Option(0.98, "--edge-threshold"),
+        attention_pruned: bool = typer.Option(False, "--attention-pruned", help="Attention figures over the pruned graph only (default: every edge)."),
         out: Optional[Path] = typer.Option(None, "--out", help="Write graph.safetensors, circuit-tracer JSON and HTML plots."),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Attribution graph of one prompt: pruned nodes/edges, scores, heads carrying attention attribution."""
         from circuitry.attribution import attribute, graph_summary
 
-        for name, v in (("--node-threshold", node_threshold), ("--edge-threshold", edge_threshold)):
-            if not 0 < v <= 1:
-                raise CircuitryError(f"{name} must be in (0, 1], got {v}")
+        _check_thresholds(node_threshold, edge_threshold)
         m, c = _model_and_clt(model, clt)
-        graph = attribute(m, c, prompt, node_threshold, edge_threshold)
+        graph = attribute(m, c, prompt, node_threshold, edge_threshold, attention_pruned=attention_pruned)
         summary = {"model": model, **graph_summary(graph)}
         if out is not None:
             _write_graph(graph, m, c, Path(out))
@@ -129,6 +128,9 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
         seed: int = typer.Option(0, "--seed"),
         dense: str = typer.Option("tiny-dense", "--dense"),
         sparse: str = typer.Option("tiny-sparse", "--sparse"),
+        node_threshold: float = typer.Option(0.8, "--node-threshold", help="Influence pruning (1.0 keeps every node)."),
+        edge_threshold: float = typer.Option(0.98, "--edge-threshold", help="Influence pruning (1.0 keeps every edge)."),
+        attention_pruned: bool = typer.Option(False, "--attention-pruned", help="Attention figures over the pruned graph only (default: every edge)."),
         out: Optional[Path] = typer.Option(None, "--out", help="Write JSON and the head-loading figure here."),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
@@ -146,7 +148,8 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
             prompts = [p.clean for p in get_task(task, pairs[dense][0]).pairs(n, seed)]
         else:
             prompts = [prompt]
-        result = compare_graphs(pairs, prompts)
+        _check_thresholds(node_threshold, edge_threshold)
+        result = compare_graphs(pairs, prompts, node_threshold=node_threshold, edge_threshold=edge_threshold, attention_pruned=attention_pruned)
         if out is not None:
             _write_comparison(result, Path(out))
         lines = [f"{'model':<14} {'nodes':>7} {'edges':>7} {'heads@80%':>10} {'(head,key)@80%':>15} {'per edge':>9} {'replacement':>12} {'completeness':>13}"]
@@ -156,6 +159,12 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
         lines.append(f"medians over {len(prompts)} prompt(s) (per edge: median over a graph's cross-position edges of the "
                      f"(head, key) pairs covering 80% of that edge); dense/sparse: {result['ratios']}")  # fmt: skip
         emit(result, as_json, lines)
+
+
+def _check_thresholds(node_threshold: float, edge_threshold: float) -> None:
+    for name, v in (("--node-threshold", node_threshold), ("--edge-threshold", edge_threshold)):
+        if not 0 < v <= 1:
+            raise CircuitryError(f"{name} must be in (0, 1], got {v}")
 
 
 def _write_graph(graph, model, clt, out: Path) -> None:

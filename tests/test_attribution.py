@@ -14,7 +14,7 @@ from circuitry.attribution import (
     target_values,
     to_circuit_tracer_json,
 )
-from circuitry.attribution.prune import influence, normalize
+from circuitry.attribution.prune import edge_influence, influence, normalize
 from circuitry.attribution.replacement import frozen_forward, true_injections
 from circuitry.transcoders import CLTConfig, CrossLayerTranscoder
 from circuitry.zoo.registry import build_model
@@ -91,6 +91,21 @@ def test_attention_split_partitions_every_cross_position_edge(arch):
     assert torch.tril(mass.sum((0, 1)), diagonal=-1).abs().sum() == 0  # [key, query]: keys never come after queries
     summary = attention_summary(split)
     assert 0 < summary["heads_80"] <= summary["heads_total"] <= model.cfg.n_layers * model.cfg.n_heads
+    # influence weighting: each edge's hops carry at least its influence on the logits (equality when all its
+    # hops have one sign), and edges that do not reach the logits carry nothing
+    pos = graph.node_positions()
+    cross = (graph.adjacency != 0) & (pos[:, None] != pos[None, :])
+    inf = edge_influence(graph, torch.ones(graph.n_nodes, dtype=torch.bool))
+    assert split["influence_mass"].sum() >= inf[cross].sum() * (1 - 1e-5) > 0
+    dead = cross & (inf == 0)
+    assert dead.any()  # edges into features that reach no logit
+    adj = graph.adjacency.clone()
+    graph.adjacency = torch.where(dead, 0.0, adj)  # dropping them leaves the influence mass unchanged
+    assert torch.allclose(attention_split(model, clt, graph)["influence_mass"], split["influence_mass"], atol=1e-6)
+    graph.adjacency = adj
+    apply_pruning(graph)
+    pruned = attention_split(model, clt, graph, pruned=True)
+    assert pruned["mass"].sum() < mass.sum()  # only the kept edges
 
 
 def test_attention_split_of_a_one_layer_model_by_hand():

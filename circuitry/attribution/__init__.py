@@ -19,8 +19,10 @@ __all__ = [
 
 
 def attribute(model, clt, prompt: str, node_threshold: float = 0.8, edge_threshold: float = 0.98,
-              max_logits: int = 10, desired_logit_prob: float = 0.95, attention: bool = True) -> AttributionGraph:  # fmt: skip
-    """Build, prune and score the attribution graph of ``prompt``; split its cross-position edges by head."""
+              max_logits: int = 10, desired_logit_prob: float = 0.95, attention: bool = True,
+              attention_pruned: bool = False) -> AttributionGraph:  # fmt: skip
+    """Build, prune and score the attribution graph of ``prompt``; split its cross-position edges by head (all
+    edges, or the pruned graph's with ``attention_pruned``)."""
     t0 = time.time()
     graph = build_graph(model, clt, prompt, max_logits, desired_logit_prob)
     apply_pruning(graph, node_threshold, edge_threshold)
@@ -28,9 +30,9 @@ def attribute(model, clt, prompt: str, node_threshold: float = 0.8, edge_thresho
     clt_record = getattr(clt, "record", {})
     graph.info.update({"clt_fingerprint": clt_record.get("fingerprint"), "model_fingerprint": clt_record.get("model_fingerprint")})
     if attention:
-        split = attention_split(model, clt, graph)
-        graph.attention = {"mass": split["mass"]}
-        graph.info["attention"] = attention_summary(split)
+        split = attention_split(model, clt, graph, pruned=attention_pruned)
+        graph.attention = {"mass": split["mass"], "influence_mass": split["influence_mass"]}
+        graph.info["attention"] = attention_summary(split) | {"scope": "pruned graph" if attention_pruned else "full graph"}
     graph.info["seconds"] = round(time.time() - t0, 3)
     return graph
 
@@ -51,6 +53,8 @@ def graph_summary(graph: AttributionGraph) -> dict[str, Any]:
         "completeness_score": round(graph.info.get("completeness_score", float("nan")), 5),
         "heads_80": att.get("heads_80"),
         "head_key_pairs_80": att.get("head_key_pairs_80"),
+        "heads_80_raw": att.get("heads_80_raw"),
+        "head_key_pairs_80_raw": att.get("head_key_pairs_80_raw"),
         "edge_heads_80_median": att.get("edge_heads_80_median"),
         "edge_head_key_pairs_80_median": att.get("edge_head_key_pairs_80_median"),
         "top_logits": [{"token": t, "prob": round(p, 5)} for t, p in zip(graph.logit_tokens, graph.logit_probs)],
@@ -62,12 +66,12 @@ def compare_graphs(pairs: dict[str, tuple[Any, Any]], prompts: list[str], **kwar
     """Attribution graphs of every prompt on every (model, clt); medians per model, and the dense/sparse
     ratio of medians when exactly two models are given (first / second)."""
     out: dict[str, Any] = {"n_prompts": len(prompts), "models": {}}
-    keys = ("nodes", "edges", "replacement_score", "completeness_score", "heads_80", "head_key_pairs_80",
-            "edge_heads_80_median", "edge_head_key_pairs_80_median", "seconds")  # fmt: skip
+    keys = ("nodes", "edges", "replacement_score", "completeness_score", "heads_80", "head_key_pairs_80", "heads_80_raw",
+            "head_key_pairs_80_raw", "edge_heads_80_median", "edge_head_key_pairs_80_median", "seconds")  # fmt: skip
     for name, (model, clt) in pairs.items():
         per = [graph_summary(attribute(model, clt, p, **kwargs)) for p in prompts]
         out["models"][name] = {k: statistics.median(r[k] for r in per) for k in keys} | {"per_prompt": per}
     if len(pairs) == 2:
         a, b = (out["models"][n] for n in pairs)
-        out["ratios"] = {k: round(a[k] / b[k], 3) if b[k] else None for k in ("nodes", "edges", "heads_80", "head_key_pairs_80", "edge_head_key_pairs_80_median")}
+        out["ratios"] = {k: round(a[k] / b[k], 3) if b[k] else None for k in ("nodes", "edges", "heads_80", "head_key_pairs_80", "head_key_pairs_80_raw", "edge_head_key_pairs_80_median")}
     return out

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from circuitry.attribution.graph import AttributionGraph, target_rows
+from circuitry.attribution.prune import edge_influence
 from circuitry.attribution.replacement import backward_rows, frozen_forward, write_points
 
 
@@ -28,6 +29,15 @@ def _cover(mass: Tensor, fraction: float) -> int:
     if total <= 0:
         return 0
     return int(torch.searchsorted(flat.cumsum(0) / total, torch.tensor(fraction, dtype=flat.dtype))) + 1
+
+
+def _cover_columns(mass: Tensor, fraction: float) -> Tensor:
+    """:func:`_cover` of every column of ``mass`` [entries, columns] at once."""
+    flat = mass.sort(dim=0, descending=True).values
+    total = flat.sum(0)
+    cum = flat.cumsum(0) / total.clamp(min=1e-30)
+    count = (cum < fraction).sum(0) + 1
+    return torch.where(total > 0, count.clamp(max=len(flat)), torch.zeros_like(count))
 
 
 def source_writes(graph: AttributionGraph, clt, sources: Tensor) -> list[Tensor]:
@@ -49,16 +59,22 @@ def source_writes(graph: AttributionGraph, clt, sources: Tensor) -> list[Tensor]
     return out
 
 
-def attention_split(model, clt, graph: AttributionGraph, batch_size: int = 256) -> dict[str, Tensor]:
-    """Split every cross-position edge of the pruned graph (all edges if unpruned) by last hop.
+def attention_split(model, clt, graph: AttributionGraph, batch_size: int = 256, pruned: bool = False) -> dict[str, Tensor]:
+    """Split every cross-position edge of the graph by last hop: all edges (default), or only the edges kept by
+    pruning (``pruned=True``; pruning is circuit-tracer's display step, and it drops the tail whose spread
+    over heads is what this measures). Influence is taken in the graph the edges come from.
 
-    Returns ``mass [layer, head, key, query]`` = Σ over edges of |contribution|, ``edge_total`` = Σ |edge|
-    over those edges, ``max_residual`` = max |edge − Σ contributions| (exactness check), and per edge the
-    number of (head, key) pairs and of heads covering 80% of its |contributions|."""
+    Returns ``influence_mass [layer, head, key, query]``: Σ over edges of |contribution| × (the edge's influence
+    on the logits / |edge|), i.e. each edge's circuit-tracer influence score spread over its last hops in
+    proportion to their |contributions|, so edges into logits and into features of any scale are in one unit;
+    ``mass``: the same with raw |contribution| (units of each target); ``edge_total`` = Σ |edge| over those
+    edges, ``max_residual`` = max |edge − Σ contributions| (exactness check), and per edge the number of
+    (head, key) pairs and of heads covering 80% of its |contributions|."""
     point = graph.point
     L, H, T = model.cfg.n_layers, model.cfg.n_heads, point.n_pos
     n_kv = getattr(model.cfg, "n_key_value_heads", None) or H
-    edges = graph.edge_mask if graph.edge_mask is not None else graph.adjacency != 0
+    use_pruned = pruned and graph.edge_mask is not None
+    edges = graph.edge_mask if use_pruned else graph.adjacency != 0
     pos = graph.node_positions()
     cross = edges & (pos[:, None] != pos[None, :])
     targets = cross.any(1).nonzero().flatten()
@@ -66,8 +82,13 @@ def attention_split(model, clt, graph: AttributionGraph, batch_size: int = 256) 
     mass = torch.zeros(L, H, T, T)
     if len(targets) == 0:
         empty = torch.zeros(0, dtype=torch.long)
-        return {"mass": mass, "edge_total": torch.tensor(0.0), "max_residual": torch.tensor(0.0),
+        return {"mass": mass, "influence_mass": mass.clone(), "edge_total": torch.tensor(0.0), "max_residual": torch.tensor(0.0),
                 "edge_head_key_pairs_80": empty, "edge_heads_80": empty}  # fmt: skip
+    influence_mass = torch.zeros(L, H, T, T)
+    adj = graph.adjacency.abs()
+    all_nodes = torch.ones(graph.n_nodes, dtype=torch.bool)
+    scores = edge_influence(graph, graph.node_mask if use_pruned else all_nodes)
+    per_unit = torch.where(adj > 0, scores / adj.clamp(min=1e-30), torch.zeros(()))  # influence per |edge|
     feats = graph.active_features
     n_feat = graph.n_features
     hooks, read_pos, vecs = target_rows(model, clt, point, feats, graph.logit_tokens)
@@ -106,26 +127,31 @@ def attention_split(model, clt, graph: AttributionGraph, batch_size: int = 256) 
         c = c * patterns[:, :, q, :, None]
         c[:, :, q] = 0
         mass[:, :, :, q] += c.abs().sum(-1)
-        for j in range(c.shape[-1]):  # per edge: how concentrated is this one attribution?
-            per_edge_pairs.append(_cover(c[..., j].abs(), 0.8))
-            per_edge_heads.append(_cover(c[..., j].abs().sum(-1), 0.8))
+        influence_mass[:, :, :, q] += (c.abs() * per_unit[t, src]).sum(-1)
+        # per edge: how concentrated is this one attribution?
+        per_edge_pairs += _cover_columns(c.abs().flatten(0, 2), 0.8).tolist()
+        per_edge_heads += _cover_columns(c.abs().sum(2).flatten(0, 1), 0.8).tolist()
         max_res = max(max_res, (c.sum((0, 1, 2)) - graph.adjacency[t, src]).abs().max().item())
         edge_total += graph.adjacency[t, src].abs().sum().item()
-    return {"mass": mass, "edge_total": torch.tensor(edge_total), "max_residual": torch.tensor(max_res),
+    return {"mass": mass, "influence_mass": influence_mass, "edge_total": torch.tensor(edge_total), "max_residual": torch.tensor(max_res),
             "edge_head_key_pairs_80": torch.tensor(per_edge_pairs), "edge_heads_80": torch.tensor(per_edge_heads)}  # fmt: skip
 
 
 def attention_summary(split: dict[str, Tensor], fraction: float = 0.8) -> dict[str, float | int]:
-    """Heads and (head, key position) pairs covering ``fraction`` of the attention-carried attribution."""
+    """Heads and (head, key position) pairs covering ``fraction`` of the attention-carried attribution, measured
+    as influence on the logits (``heads_80``, ``head_key_pairs_80``) and as raw edge weight (``*_raw``)."""
+    out: dict[str, float | int] = {}
+    for key, suffix in (("influence_mass", ""), ("mass", "_raw")):
+        per_head = split[key].sum((2, 3))
+        per_pair = split[key].sum(3)  # [layer, head, key]
+        out[f"heads_80{suffix}"] = _cover(per_head, fraction)
+        out[f"head_key_pairs_80{suffix}"] = _cover(per_pair, fraction)
     mass = split["mass"]
-    per_head = mass.sum((2, 3))
-    per_pair = mass.sum(3)  # [layer, head, key]
-    return {
-        "heads_80": _cover(per_head, fraction),
-        "head_key_pairs_80": _cover(per_pair, fraction),
-        "heads_total": int((per_head > 0).sum()),
-        "head_key_pairs_total": int((per_pair > 0).sum()),
+    return out | {
+        "heads_total": int((mass.sum((2, 3)) > 0).sum()),
+        "head_key_pairs_total": int((mass.sum(3) > 0).sum()),
         "attention_mass": round(mass.sum().item(), 6),
+        "attention_influence": round(split["influence_mass"].sum().item(), 6),
         "edge_mass": round(split["edge_total"].item(), 6),
         "max_residual": split["max_residual"].item(),
         # the paper's view: for a single cross-position edge, the heads / (head, key) pairs carrying 80% of it

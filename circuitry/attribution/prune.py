@@ -42,6 +42,21 @@ def find_threshold(scores: Tensor, fraction: float) -> Tensor:
     return sorted_scores[idx]
 
 
+def edge_influence(graph: AttributionGraph, node_mask: Tensor | None = None) -> Tensor:
+    """circuit-tracer's edge scores [target, source]: each edge's share of its target's direct inputs (|A|,
+    row-normalised) times the target's influence on the logits, in the graph restricted to ``node_mask``
+    (default: the graph's own node mask, else all nodes). Unlike raw edge weights, these are in one unit
+    (share of the output's attribution) whatever kind of node the target is."""
+    node_mask = graph.node_mask if node_mask is None else node_mask
+    pruned = graph.adjacency.clone()
+    if node_mask is not None:
+        pruned[~node_mask] = 0
+        pruned[:, ~node_mask] = 0
+    norm = normalize(pruned)
+    w = logit_weights(graph)
+    return norm * (influence(norm, w) + w)[:, None]
+
+
 @dataclass
 class PruneResult:
     node_mask: Tensor
@@ -59,12 +74,9 @@ def prune(graph: AttributionGraph, node_threshold: float = 0.8, edge_threshold: 
     node_mask = node_inf >= find_threshold(node_inf, node_threshold)
     node_mask[s["embeddings"]] = True
     node_mask[s["logits"]] = True
-    pruned = graph.adjacency.clone()
-    pruned[~node_mask] = 0
-    pruned[:, ~node_mask] = 0
-    norm = normalize(pruned)
-    edge_scores = norm * (influence(norm, w) + w)[:, None]
-    edge_mask = (edge_scores >= find_threshold(edge_scores, edge_threshold)) & (pruned != 0)
+    edge_scores = edge_influence(graph, node_mask)
+    kept = (graph.adjacency != 0) & node_mask[:, None] & node_mask[None, :]
+    edge_mask = (edge_scores >= find_threshold(edge_scores, edge_threshold)) & kept
     always = torch.zeros(graph.n_nodes, dtype=torch.bool)
     always[s["embeddings"]] = True
     always[s["logits"]] = True

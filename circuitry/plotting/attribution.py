@@ -54,10 +54,10 @@ def attribution_graph_figure(graph, model=None, clt=None, max_edges: int = 600) 
 
 
 def head_loadings_figure(graphs: dict) -> go.Figure:
-    """One heatmap per graph: share of attention-carried attribution through each (layer, head)."""
+    """One heatmap per graph: share of attention-carried attribution (influence on the logits) through each (layer, head)."""
     fig = make_subplots(rows=1, cols=len(graphs), subplot_titles=list(graphs), horizontal_spacing=0.08)
     for c, graph in enumerate(graphs.values(), start=1):
-        mass = graph.attention["mass"].sum((2, 3))
+        mass = graph.attention.get("influence_mass", graph.attention["mass"]).sum((2, 3))
         share = mass / mass.sum().clamp(min=1e-12)
         fig.add_trace(go.Heatmap(z=share.numpy(), colorscale="Viridis", zmin=0, zmax=float(share.max()), showscale=c == len(graphs),
                                  hovertemplate="L%{y} H%{x}: %{z:.1%}<extra></extra>"), row=1, col=c)  # fmt: skip
