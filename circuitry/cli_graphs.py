@@ -140,6 +140,7 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
 
         if (prompt is None) == (task is None):
             raise CircuitryError("give exactly one of --prompt or --task")
+        _check_thresholds(node_threshold, edge_threshold)
         pairs = {name: _model_and_clt(name, None) for name in (dense, sparse)}
         if task is not None:
             if n <= 0:
@@ -148,7 +149,6 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
             prompts = [p.clean for p in get_task(task, pairs[dense][0]).pairs(n, seed)]
         else:
             prompts = [prompt]
-        _check_thresholds(node_threshold, edge_threshold)
         result = compare_graphs(pairs, prompts, node_threshold=node_threshold, edge_threshold=edge_threshold, attention_pruned=attention_pruned)
         if out is not None:
             _write_comparison(result, Path(out))

@@ -17,12 +17,17 @@ from circuitry.errors import CircuitryError
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
-def check_options(grad_accum: int, precision: str) -> None:
-    """Refuse bad values before any work is done."""
+def check_options(grad_accum: int, precision: str, seq_len: int | None = None, n_ctx: int | None = None) -> int | None:
+    """Refuse bad values before any work is done; returns the training sequence length (``seq_len``, default
+    the model context ``n_ctx``)."""
+    length = seq_len or n_ctx
+    if n_ctx is not None and not 2 <= length <= n_ctx:
+        raise CircuitryError(f"sequence length {length} must be between 2 and the model's context {n_ctx}")
     if grad_accum < 1:
         raise CircuitryError(f"gradient accumulation steps must be >= 1, got {grad_accum}")
     if precision not in PRECISIONS:
         raise CircuitryError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    return length
 
 
 def autocast(precision: str, device: torch.device | str) -> ContextManager:

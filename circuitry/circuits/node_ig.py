@@ -22,44 +22,34 @@ from jaxtyping import Float
 from torch import Tensor
 
 from circuitry.circuits.graph import Graph, TargetHook, graph_flags, record_sources
-from circuitry.circuits.patching import Ablation, Metric, ablated_sources, position_mask
+from circuitry.circuits.patching import (
+    Ablation,
+    Metric,
+    ablated_sources,
+    head_input_value,
+    position_mask,
+    repeat_batch,
+    residual_store_hooks,
+    target_layer,
+)
 from circuitry.tasks.base import TaskBatch
-
-
-def _layer_of(th: TargetHook, n_layers: int) -> int:
-    return n_layers if th.name.endswith("hook_resid_post") else int(th.name.split(".")[1])
-
-
-def _stack(batch: TaskBatch, k: int) -> TaskBatch:
-    return TaskBatch(batch.clean.repeat(k, 1), batch.corrupt.repeat(k, 1), batch.answer_pos.repeat(k),
-                     batch.correct.repeat(k, 1), batch.wrong.repeat(k, 1))  # fmt: skip
 
 
 def node_ig_batch_scores(
     model, graph: Graph, batch: TaskBatch, metric_fn: Metric, steps: int, ablation: Ablation, max_rows: int = 1024
 ) -> Float[Tensor, "source target"]:
     """Sum over the batch's prompts of the per-edge estimates, as a [source, target] matrix."""
-    b, p = batch.clean.shape
-    dev = model.cfg.device
+    b = len(batch)
     resid: dict[int, Tensor] = {}
-
-    def store(key: int):
-        def hook(x: Tensor, hook) -> None:
-            resid[key] = x.detach()
-
-        return hook
-
-    hooks = [(f"blocks.{l}.hook_resid_pre", store(l)) for l in range(graph.n_layers)]
-    hooks.append((f"blocks.{graph.n_layers - 1}.hook_resid_post", store(graph.n_layers)))
-    with model.hooks(fwd_hooks=hooks):
-        clean = record_sources(model, graph, batch.clean.to(dev))[1]
+    with model.hooks(fwd_hooks=residual_store_hooks(graph, resid)):
+        clean = record_sources(model, graph, batch.clean.to(model.cfg.device))[1]
     diff = (ablated_sources(model, graph, batch, ablation) - clean) * position_mask(batch).to(clean)[:, :, None, None]  # [b, ...]
     out = torch.zeros(graph.valid.shape, dtype=torch.float64)
     # one copy of the batch per target node; copies of the same layer run together, from that layer on
     copies = [(th, i) for th in graph.target_hooks for i in range(th.count)]
     per_chunk = max(1, max_rows // b)
     for layer in range(graph.n_layers + 1):
-        mine = [(th, i) for th, i in copies if _layer_of(th, graph.n_layers) == layer]
+        mine = [(th, i) for th, i in copies if target_layer(graph, th.start) == layer]
         for start in range(0, len(mine), per_chunk):
             chunk = mine[start : start + per_chunk]
             grads = _chunk_grads(model, graph, batch, metric_fn, resid[layer], diff, layer, chunk, steps)
@@ -78,7 +68,7 @@ def _chunk_grads(model, graph: Graph, batch: TaskBatch, metric_fn: Metric, resid
     b, p = batch.clean.shape
     k, d = len(chunk), diff.shape[-1]
     shift = torch.stack([diff[:, :, : th.n_up].sum(2) for th, _ in chunk])  # [copy, batch, pos, d]: all inputs ablated
-    stacked = _stack(batch, k)
+    stacked = repeat_batch(batch, k)
     x0 = resid.repeat(k, 1, 1)
     total = torch.zeros(k, b, p, d, dtype=diff.dtype, device=diff.device)
     groups: dict[str, list[int]] = {}
@@ -112,11 +102,8 @@ def _mover(model, layer: int, name: str, cs: list[int], chunk: list[tuple[Target
         if name.endswith("hook_mlp_in"):
             view[idx] = view[idx] + move[idx]
             return view.view_as(x)
-        blk, ch = model.blocks[layer], name[-1].upper()
         heads = torch.tensor([chunk[c][1] for c in cs], device=x.device)
-        normed = blk.ln1(resid[None] + move[idx])  # [copy, batch, pos, d_model]
-        w, bias = getattr(blk.attn, f"W_{ch}")[heads], getattr(blk.attn, f"b_{ch}")[heads]
-        value = torch.einsum("nbpd,nde->nbpe", normed, w) + bias[:, None, None]
+        value = head_input_value(model.blocks[layer], name[-1], heads, resid[None] + move[idx])  # [copy, batch, pos, e]
         view[idx, :, :, heads] = value.to(view.dtype)
         return view.view_as(x)
 

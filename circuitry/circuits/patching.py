@@ -187,9 +187,7 @@ def _ablate_edges_from_layer(
                 hooks.append((th.name, _set_rows_hook(rows[sel], None, delta[sel], subtract=True)))
                 continue
             ch, head = th.name[-7], tgt_r[sel] - th.start  # "blocks.l.hook_q_input" -> "q"
-            normed = blk.ln1(x[sel] - delta[sel])
-            w, bias = getattr(blk.attn, f"W_{ch.upper()}")[head], getattr(blk.attn, f"b_{ch.upper()}")[head]
-            value = einops.einsum(normed, w, "r p d, r d e -> r p e") + bias[:, None]
+            value = head_input_value(blk, ch, head, x[sel] - delta[sel])
             hooks.append((f"blocks.{layer}.attn.hook_{ch}", _set_rows_hook(rows[sel], head, value)))
         with graph_flags(model, split=False), model.hooks(fwd_hooks=hooks):
             return model(x, start_at_layer=layer)
@@ -220,16 +218,14 @@ def exact_edge_scores(
     check_ablation(ablation)
     batches, metric_fn = resolve_data(task_or_batches, metric, n, seed, batch_size)
     which = _edge_indices(graph, edges)
-    tgt_layer = torch.tensor([_target_layer(graph, t) for t in range(len(graph.targets))])[graph.edge_dst[which]]
+    tgt_layer = torch.tensor([target_layer(graph, t) for t in range(len(graph.targets))])[graph.edge_dst[which]]
     total = torch.zeros(len(which), dtype=torch.float64)
     n_prompts = 0
     for batch in batches:
         b = len(batch)
         tokens = batch.clean.to(model.cfg.device)
         resid: dict[int, Tensor] = {}
-        hooks = [(f"blocks.{i}.hook_resid_pre", _store(resid, i)) for i in range(graph.n_layers)]
-        hooks.append((f"blocks.{graph.n_layers - 1}.hook_resid_post", _store(resid, graph.n_layers)))
-        with model.hooks(fwd_hooks=hooks):
+        with model.hooks(fwd_hooks=residual_store_hooks(graph, resid)):
             clean_logits, clean = record_sources(model, graph, tokens)
         m_clean = metric_fn(clean_logits, batch).double()
         diff = clean - ablated_sources(model, graph, batch, ablation)
@@ -242,9 +238,7 @@ def exact_edge_scores(
                 src, tgt = graph.edge_src[e], graph.edge_dst[e]
                 logits = _ablate_edges_from_layer(model, graph, resid[layer], layer, src, tgt, diff)
                 k = len(chunk)
-                stacked = TaskBatch(batch.clean.repeat(k, 1), batch.corrupt.repeat(k, 1), batch.answer_pos.repeat(k),
-                                    batch.correct.repeat(k, 1), batch.wrong.repeat(k, 1))  # fmt: skip
-                m = metric_fn(logits, stacked).double().view(k, b)
+                m = metric_fn(logits, repeat_batch(batch, k)).double().view(k, b)
                 total[chunk] += (m - m_clean[None]).sum(1).cpu()
         n_prompts += b
     out = torch.full((graph.n_edges,), float("nan"))
@@ -252,7 +246,28 @@ def exact_edge_scores(
     return out
 
 
-def _target_layer(graph: Graph, t: int) -> int:
+def head_input_value(blk, ch: str, heads: Tensor, resid_in: Float[Tensor, "n ... d_model"]) -> Float[Tensor, "n ... d_head"]:
+    """The ``ch`` (q, k or v) of head ``heads[i]`` computed from the residual input ``resid_in[i]``: what the
+    split-input hook path gives for that one head, without splitting every head's input."""
+    normed = blk.ln1(resid_in)
+    w, bias = getattr(blk.attn, f"W_{ch.upper()}")[heads], getattr(blk.attn, f"b_{ch.upper()}")[heads]
+    bias = bias.reshape(len(heads), *([1] * (normed.dim() - 2)), bias.shape[-1])
+    return einops.einsum(normed, w, "n ... d, n d e -> n ... e") + bias
+
+
+def repeat_batch(batch: TaskBatch, k: int) -> TaskBatch:
+    """``k`` copies of ``batch`` stacked along the batch axis (copy-major), for metrics of stacked runs."""
+    return TaskBatch(batch.clean.repeat(k, 1), batch.corrupt.repeat(k, 1), batch.answer_pos.repeat(k),
+                     batch.correct.repeat(k, 1), batch.wrong.repeat(k, 1))  # fmt: skip
+
+
+def residual_store_hooks(graph: Graph, store: dict[int, Tensor]) -> list:
+    """Hooks that keep the clean residual stream before each layer (key l) and the logits' input (key n_layers)."""
+    hooks = [(f"blocks.{i}.hook_resid_pre", _store(store, i)) for i in range(graph.n_layers)]
+    return hooks + [(f"blocks.{graph.n_layers - 1}.hook_resid_post", _store(store, graph.n_layers))]
+
+
+def target_layer(graph: Graph, t: int) -> int:
     name = graph.targets[t]
     return graph.n_layers if name == "logits" else int(name[1:].split(".")[0])
 

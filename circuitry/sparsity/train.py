@@ -68,10 +68,9 @@ def sparsify(
 ):
     """Post-train ``model`` (dense, with a tokenizer) in place into a gated sparse model written to ``out``."""
     out = Path(out)
-    check_options(cfg.grad_accum, cfg.precision)
-    ctx = cfg.seq_len or model.cfg.n_ctx
-    if not 2 <= ctx <= model.cfg.n_ctx:
-        raise CircuitryError(f"sequence length {ctx} must be between 2 and the model's context {model.cfg.n_ctx}")
+    ctx = check_options(cfg.grad_accum, cfg.precision, cfg.seq_len, model.cfg.n_ctx)
+    if cfg.lora_rank < 0:
+        raise CircuitryError(f"LoRA rank must be >= 0 (0: no adapters), got {cfg.lora_rank}")
     ckpt = prepare_run_dir(out, resume, CHECKPOINT)
     stream = TokenStream(model.tokenizer)
     dense_ce = heldout_ce(model, stream, cfg.heldout_sequences, length=ctx)

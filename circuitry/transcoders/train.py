@@ -113,14 +113,11 @@ def train_clt(model, out: str | Path, cfg: CLTTrainConfig, resume: bool = False,
     Saving and the quality report are the caller's (see :func:`circuitry.transcoders.io.save_clt`).
     Under ``torchrun`` each rank takes its shard of every global batch and DDP averages the gradients."""
     out = Path(out)
+    ctx = check_options(cfg.grad_accum, cfg.precision, cfg.seq_len, model.cfg.n_ctx)
     ckpt = prepare_run_dir(out, resume, CHECKPOINT)
     if (out / "config.yaml").exists():
         raise CircuitryError(f"{out} already holds a transcoder; choose another --out")
     stream = TokenStream(model.tokenizer)
-    check_options(cfg.grad_accum, cfg.precision)
-    ctx = cfg.seq_len or model.cfg.n_ctx
-    if not 2 <= ctx <= model.cfg.n_ctx:
-        raise CircuitryError(f"sequence length {ctx} must be between 2 and the model's context {model.cfg.n_ctx}")
     torch.manual_seed(cfg.seed)
     clt = CrossLayerTranscoder(CLTConfig(model.cfg.n_layers, model.cfg.d_model, cfg.d_transcoder, cfg.cross_layer,
                                          feature_input_hook=input_hook(model)))  # fmt: skip
