@@ -1,9 +1,10 @@
 """EAP / EAP-IG / exact patching on tiny-dense IOI: timings and agreement with exact patching.
 
-Usage: OMP_NUM_THREADS=1 python benchmarks/bench_eap.py
+Usage: OMP_NUM_THREADS=1 python benchmarks/bench_eap.py [SEED]
 """
 
 import os
+import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -14,7 +15,8 @@ from scipy.stats import spearmanr  # noqa: E402
 from circuitry import get_task, load_model  # noqa: E402
 from circuitry.circuits import Graph, eap_scores, exact_edge_scores, faithfulness_curve  # noqa: E402
 
-N_EAP, N_EXACT, SEED, BATCH = 200, 20, 0, 50
+N_EAP, N_EXACT, BATCH = 200, 20, 50
+SEED = int(sys.argv[1]) if len(sys.argv) > 1 else 0
 
 
 def timed(fn):
@@ -40,11 +42,13 @@ def main() -> None:
 
     top = exact.abs().topk(200).indices
     print(f"Spearman vs exact ({N_EXACT} pairs, seed {SEED}; top-200 edges by |exact| / all edges):")
-    for name, kwargs in (("EAP", {"method": "eap"}), ("EAP-IG (5)", {"method": "eap-ig", "ig_steps": 5})):
+    methods = (("EAP", {"method": "eap"}), ("EAP-IG (5)", {"method": "eap-ig", "ig_steps": 5}),
+               ("EAP-IG-node (3)", {"method": "eap-ig-node", "ig_steps": 3}))  # fmt: skip
+    for name, kwargs in methods:
         same = eap_scores(model, small, graph, metric=task, **kwargs)
         big = eap_scores(model, task, graph, n=N_EAP, seed=SEED, batch_size=BATCH, **kwargs)
         rho = [spearmanr(s[top], exact[top])[0] for s in (same, big)] + [spearmanr(s, exact)[0] for s in (same, big)]
-        print(f"  {name:11s} same {N_EXACT} pairs: {rho[0]:.3f} / {rho[2]:.3f}", end="")
+        print(f"  {name:15s} same {N_EXACT} pairs: {rho[0]:.3f} / {rho[2]:.3f}", end="")
         print(f"   from {N_EAP} pairs (exact still from {N_EXACT}): {rho[1]:.3f} / {rho[3]:.3f}")
         curve, t = timed(lambda: faithfulness_curve(model, task, graph, big, n=100, seed=SEED + 1, batch_size=BATCH))
         print(
