@@ -1,6 +1,6 @@
-"""EAP / EAP-IG / exact patching on tiny-dense IOI: timings and agreement with exact patching.
+"""EAP / EAP-local / EAP-IG / exact patching on tiny-dense IOI: timings and agreement with exact patching.
 
-Usage: OMP_NUM_THREADS=1 python benchmarks/bench_eap.py [SEED]
+Usage: OMP_NUM_THREADS=1 python benchmarks/bench_eap.py [SEED] [MODEL]   (defaults: 0, tiny-dense)
 """
 
 import os
@@ -17,6 +17,7 @@ from circuitry.circuits import Graph, eap_scores, exact_edge_scores, faithfulnes
 
 N_EAP, N_EXACT, BATCH = 200, 20, 50
 SEED = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+MODEL = sys.argv[2] if len(sys.argv) > 2 else "tiny-dense"
 
 
 def timed(fn):
@@ -26,13 +27,15 @@ def timed(fn):
 
 
 def main() -> None:
-    model = load_model("tiny-dense")
+    model = load_model(MODEL)
     task = get_task("ioi", model)
     graph = Graph.from_model(model)
-    print(f"torch threads {torch.get_num_threads()}; {graph}")
+    print(f"{MODEL}; torch threads {torch.get_num_threads()}; {graph}")
 
     _, t = timed(lambda: eap_scores(model, task, graph, "eap", n=N_EAP, seed=SEED, batch_size=BATCH))
     print(f"EAP        {N_EAP} IOI pairs: {t:6.2f} s")
+    _, t = timed(lambda: eap_scores(model, task, graph, "eap-local", n=N_EAP, seed=SEED, batch_size=BATCH))
+    print(f"EAP-local  {N_EAP} IOI pairs: {t:6.2f} s")
     _, t = timed(lambda: eap_scores(model, task, graph, "eap-ig", ig_steps=5, n=N_EAP, seed=SEED, batch_size=BATCH))
     print(f"EAP-IG (5) {N_EAP} IOI pairs: {t:6.2f} s")
 
@@ -42,7 +45,7 @@ def main() -> None:
 
     top = exact.abs().topk(200).indices
     print(f"Spearman vs exact ({N_EXACT} pairs, seed {SEED}; top-200 edges by |exact| / all edges):")
-    methods = (("EAP", {"method": "eap"}), ("EAP-IG (5)", {"method": "eap-ig", "ig_steps": 5}),
+    methods = (("EAP", {"method": "eap"}), ("EAP-local", {"method": "eap-local"}), ("EAP-IG (5)", {"method": "eap-ig", "ig_steps": 5}),
                ("EAP-IG-node (3)", {"method": "eap-ig-node", "ig_steps": 3}))  # fmt: skip
     for name, kwargs in methods:
         same = eap_scores(model, small, graph, metric=task, **kwargs)

@@ -89,6 +89,22 @@ def test_discover_runs_with_full_circuit_faithful(arch):
     assert full and abs(full[0] - 1) < 1e-3 and torch.isfinite(result.scores).all()
 
 
+def test_eap_local_runs_and_is_exact_into_the_logits(arch):
+    """eap-local recomputes patterns through each architecture's own rotary / norm / MLP code: finite scores
+    everywhere, and exactly the single-edge patching effect on every edge into the logits."""
+    from circuitry.circuits import eap_scores, exact_edge_scores
+
+    name, model = arch
+    model = as_multi_head(model)
+    task = get_task("ioi", model)
+    batch, graph = task.tokenize(task.pairs(3, 0)), Graph.from_model(model)
+    local = eap_scores(model, batch, graph, method="eap-local", metric=task)
+    into_logits = [i for i, n in enumerate(graph.edge_names) if n.endswith("->logits")]
+    exact = exact_edge_scores(model, batch, graph, edges=into_logits, metric=task)[into_logits]
+    assert torch.isfinite(local).all() and local.abs().max() > 0
+    assert torch.allclose(local[into_logits], exact, atol=1e-4 * exact.abs().max() + 1e-6)
+
+
 def test_sparsify_one_step(arch, tmp_path):
     name, model = arch
     cfg = SparsifyConfig(steps=1, batch_size=2, seq_len=16, heldout_sequences=2, lora_rank=LORA.get(name, 0))

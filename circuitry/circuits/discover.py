@@ -23,7 +23,7 @@ from circuitry.circuits.selection import Circuit, prune, top_n
 from circuitry.errors import CircuitryError
 from circuitry.tasks.base import Task
 
-METHODS = ("eap", "eap-ig", "eap-ig-node", "exact")
+METHODS = ("eap", "eap-local", "eap-ig", "eap-ig-node", "exact")
 
 
 @dataclass

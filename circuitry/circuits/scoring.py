@@ -20,12 +20,13 @@ from jaxtyping import Float
 from torch import Tensor
 
 from circuitry.circuits.graph import Graph, graph_flags, record_hooks, record_sources
+from circuitry.circuits.local import check_local_support, local_batch_scores
 from circuitry.circuits.node_ig import node_ig_batch_scores
 from circuitry.circuits.patching import Ablation, Metric, ablate, check_ablation, position_mask, resolve_data
 from circuitry.errors import CircuitryError
 from circuitry.tasks.base import Task, TaskBatch
 
-METHODS = ("eap", "eap-ig", "eap-ig-node")
+METHODS = ("eap", "eap-local", "eap-ig", "eap-ig-node")
 
 
 def _capture_hooks(graph: Graph, inputs: dict[str, Tensor]):
@@ -98,7 +99,7 @@ def eap_scores(
     model,
     task_or_batches: Task | TaskBatch | Iterable[TaskBatch],
     graph: Graph | None = None,
-    method: Literal["eap", "eap-ig", "eap-ig-node"] = "eap",
+    method: Literal["eap", "eap-local", "eap-ig", "eap-ig-node"] = "eap",
     ig_steps: int = 5,
     ablation: Ablation = "corrupt",
     *,
@@ -116,16 +117,20 @@ def eap_scores(
     """
     if method not in METHODS:
         raise CircuitryError(f"unknown attribution method {method!r}; choose from {', '.join(METHODS)}")
-    if method != "eap" and (not isinstance(ig_steps, int) or ig_steps < 1):
+    if method in ("eap-ig", "eap-ig-node") and (not isinstance(ig_steps, int) or ig_steps < 1):
         raise CircuitryError(f"ig_steps must be a positive integer, got {ig_steps!r}")
     check_ablation(ablation)
     graph = Graph.from_model(model) if graph is None else graph
     graph.check_model(model)
+    if method == "eap-local":
+        check_local_support(model)
     batches, metric_fn = resolve_data(task_or_batches, metric, n, seed, batch_size)
     total = torch.zeros(graph.valid.shape, dtype=torch.float64)
     n_prompts = 0
     for batch in batches:
-        if method == "eap-ig-node":
+        if method == "eap-local":
+            total += local_batch_scores(model, graph, batch, metric_fn, ablation)
+        elif method == "eap-ig-node":
             total += node_ig_batch_scores(model, graph, batch, metric_fn, ig_steps, ablation)
         else:
             total += _batch_scores(model, graph, batch, metric_fn, method, ig_steps, ablation)
