@@ -1,6 +1,6 @@
 """IOI circuits on the dense and the sparse default model, end to end.
 
-Usage:  python examples/ioi_circuits.py [--n-prompts 100] [--method eap] [--out runs/ioi-circuits]
+Usage:  python examples/ioi_circuits.py [--n-prompts 100] [--method eap-local] [--out runs/ioi-circuits]
 Prints edges/heads needed for f >= 0.9 on each model and their ratio; writes circuit JSON and HTML plots.
 """
 
@@ -15,7 +15,7 @@ from circuitry.plotting import circuit_graph, faithfulness_curves, save_figure
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--n-prompts", type=int, default=100)
-parser.add_argument("--method", default="eap")
+parser.add_argument("--method", default="eap-local", help="eap, eap-local, eap-ig, eap-ig-node or exact")
 parser.add_argument("--out", type=Path, default=Path("runs/ioi-circuits"))
 args = parser.parse_args()
 
