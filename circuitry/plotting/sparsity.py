@@ -9,19 +9,28 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from circuitry.errors import CircuitryError
+
 
 @torch.no_grad()
 def attention_patterns(models: dict, prompt: str, layer: int, heads: list[int] | None = None) -> go.Figure:
     """Heatmaps of ``blocks.{layer}.attn.hook_pattern`` on ``prompt``: one row per model, one column per head."""
     names = list(models)
+    if not names:
+        raise CircuitryError("attention_patterns needs at least one model")
     first = models[names[0]]
     heads = heads if heads is not None else list(range(first.cfg.n_heads))
-    labels = [f"{i}:{t}" for i, t in enumerate(first.to_str_tokens(prompt))]
+    tokens = _prompt_tokens(first, prompt)
+    for name, model in models.items():
+        if not 0 <= layer < model.cfg.n_layers or any(not 0 <= h < model.cfg.n_heads for h in heads):
+            raise CircuitryError(f"{name} has {model.cfg.n_layers} layers x {model.cfg.n_heads} heads; "
+                                 f"asked for layer {layer}, heads {heads}")  # fmt: skip
+    labels = [f"{i}:{t}" for i, t in enumerate(first.to_str_tokens(tokens[0]))]
     fig = make_subplots(rows=len(names), cols=len(heads), subplot_titles=[f"{n} L{layer}H{h}" for n in names for h in heads],
                         horizontal_spacing=0.02, vertical_spacing=0.08)  # fmt: skip
     for r, name in enumerate(names, start=1):
         model = models[name]
-        _, cache = model.run_with_cache(model.to_tokens(prompt), names_filter=f"blocks.{layer}.attn.hook_pattern")
+        _, cache = model.run_with_cache(_prompt_tokens(model, prompt), names_filter=f"blocks.{layer}.attn.hook_pattern")
         pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0]
         for c, h in enumerate(heads, start=1):
             fig.add_trace(go.Heatmap(z=pattern[h].numpy(), x=labels, y=labels, zmin=0, zmax=1, colorscale="Blues",
@@ -31,6 +40,16 @@ def attention_patterns(models: dict, prompt: str, layer: int, heads: list[int] |
             fig.update_xaxes(showticklabels=False, row=r, col=c)
     fig.update_layout(title=f"Attention patterns, layer {layer}: {prompt!r}", height=320 * len(names), width=max(600, 260 * len(heads)))
     return fig
+
+
+def _prompt_tokens(model, prompt: str) -> torch.Tensor:
+    """[1, pos] tokens of a non-empty prompt that fits the context (TransformerLens would truncate silently)."""
+    if not prompt or not prompt.strip():
+        raise CircuitryError("empty prompt")
+    tokens = model.to_tokens(prompt, truncate=False)
+    if tokens.shape[1] > model.cfg.n_ctx:
+        raise CircuitryError(f"prompt is {tokens.shape[1]} tokens; the model's context is {model.cfg.n_ctx}")
+    return tokens
 
 
 def training_curves(log_path: str | Path) -> go.Figure:

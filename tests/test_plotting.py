@@ -1,0 +1,34 @@
+"""Plot builders: figures hold the model's numbers, and bad input is refused with a clear error."""
+
+import pytest
+import torch
+
+from circuitry import load_model
+from circuitry.errors import CircuitryError
+from circuitry.plotting import attention_patterns
+
+PROMPT = "When Mary and John went to the store, John gave a drink to"
+
+
+def test_attention_patterns_show_the_gated_patterns():
+    dense, sparse = load_model("tiny-dense"), load_model("tiny-sparse")
+    fig = attention_patterns({"dense": dense, "sparse": sparse}, PROMPT, layer=2, heads=[0, 3])
+    assert len(fig.data) == 4  # 2 models x 2 heads
+    with torch.no_grad():
+        _, cache = sparse.run_with_cache(sparse.to_tokens(PROMPT), names_filter="blocks.2.attn.hook_pattern")
+    want = cache["blocks.2.attn.hook_pattern"][0, 3].numpy()
+    got = fig.data[3].z
+    assert got.shape == want.shape == (len(fig.data[3].x),) * 2
+    assert abs(got - want).max() < 1e-6 and (got > 0).sum(1).mean() < (fig.data[1].z > 0).sum(1).mean()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"prompt": ""}, "empty prompt"),
+    ({"prompt": " Mary" * 80}, "context is 64"),
+    ({"layer": 4}, "asked for layer 4"),
+    ({"heads": [8]}, "heads [8]"),
+])  # fmt: skip
+def test_attention_patterns_bad_input(kwargs, message):
+    args = {"prompt": PROMPT, "layer": 2, "heads": None, **kwargs}
+    with pytest.raises(CircuitryError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        attention_patterns({"dense": load_model("tiny-dense")}, args["prompt"], args["layer"], args["heads"])
