@@ -1,8 +1,8 @@
-"""Circuit discovery: component graphs, edge attribution patching (EAP, EAP-IG), exact patching,
+"""Circuit discovery: component graphs, edge attribution patching (EAP, EAP-local, EAP-IG), exact patching,
 circuit selection and faithfulness by real forward passes.
 
     graph = Graph.from_model(model)                        # nodes, edges, per-edge scores
-    scores = eap_scores(model, task, graph, method="eap")  # or "eap-ig"
+    scores = eap_scores(model, task, graph, method="eap")  # or "eap-local", "eap-ig", "eap-ig-node"
     circuit = select_circuit(graph, scores, "top-n", n=200)
     faithfulness(model, task, graph, circuit).f
     faithfulness_curve(model, task, graph, scores)         # points, CPR, CMD, f >= 0.8 / 0.9

@@ -8,6 +8,8 @@ EAP takes the gradient on the clean run. EAP-IG ("inputs" variant) averages it o
 runs whose input embeddings (``blocks.0.hook_resid_pre``) are interpolated from the ablated to
 the clean ones, at alpha = k / ig_steps for k = 1..ig_steps (as in the reference implementation;
 ``ig_steps=1`` is EAP). Scores are means over prompts; positions after ``answer_pos`` are masked.
+``eap-local`` (circuitry/circuits/local.py) computes each target's own response exactly and linearises
+only downstream of it; ``eap-ig-node`` (node_ig.py) integrates gradients along each node's input.
 """
 
 from __future__ import annotations
