@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitry.circuits.graph import Graph, graph_flags, record_sources
+from circuitry.circuits.graph import Graph, graph_flags, record_hooks
 from circuitry.circuits.patching import Ablation, Metric, ablated_sources, position_mask, repeat_batch
 from circuitry.errors import CircuitryError
 from circuitry.tasks.base import TaskBatch
@@ -65,8 +65,9 @@ def _project(attn, normed: Float[Tensor, "... d_model"], ch: str) -> Float[Tenso
     return einops.einsum(normed, w, "... d, h d e -> ... h e") + b
 
 
-def _clean_run(model, graph: Graph, batch: TaskBatch, metric_fn: Metric):
-    """Clean forward + one backward: residual inputs, patterns and the gradients at patterns, z and MLP outputs."""
+def _clean_run(model, graph: Graph, batch: TaskBatch, metric_fn: Metric, record: Tensor):
+    """Clean forward + one backward: residual inputs, patterns and the gradients at patterns, z and MLP outputs;
+    the same forward writes every source output into ``record`` [batch, pos, source, d_model]."""
     L = graph.n_layers
     keep = [f"blocks.{l}.{n}" for l in range(L) for n in ("hook_resid_pre", "hook_mlp_in", "attn.hook_pattern", "attn.hook_z", "hook_mlp_out")]
     keep = [n for n in keep if graph.has_mlp or "mlp" not in n] + [f"blocks.{L - 1}.hook_resid_post"]
@@ -76,7 +77,8 @@ def _clean_run(model, graph: Graph, batch: TaskBatch, metric_fn: Metric):
         acts[hook.name] = x
 
     root = ("blocks.0.hook_resid_pre", lambda x, hook: x.detach().requires_grad_(True))
-    with torch.enable_grad(), graph_flags(model, split=False), model.hooks(fwd_hooks=[root] + [(n, store) for n in keep]):
+    hooks = [root] + [(n, store) for n in keep] + record_hooks(graph, record, model)
+    with torch.enable_grad(), graph_flags(model, split=False), model.hooks(fwd_hooks=hooks):
         logits = model(batch.clean.to(model.cfg.device))
         m_clean = metric_fn(logits, batch)
         wrt = [n for n in keep if n.endswith(("hook_pattern", "hook_z", "hook_mlp_out"))]
@@ -88,13 +90,13 @@ def _clean_run(model, graph: Graph, batch: TaskBatch, metric_fn: Metric):
 def local_batch_scores(
     model, graph: Graph, batch: TaskBatch, metric_fn: Metric, ablation: Ablation, max_elements: int = 2**24
 ) -> Float[Tensor, "source target"]:
-    """Sum over the batch's prompts of the per-edge estimates, as a [source, target] matrix."""
-    check_local_support(model)
+    """Sum over the batch's prompts of the per-edge estimates, as a [source, target] matrix.
+    (Call through ``eap_scores(method="eap-local")``, which checks the architecture once.)"""
     b = len(batch)
-    clean = record_sources(model, graph, batch.clean.to(model.cfg.device))[1]
+    clean = torch.zeros(b, batch.clean.shape[1], len(graph.sources), model.cfg.d_model, dtype=model.cfg.dtype, device=model.cfg.device)
+    acts, grads, m_clean = _clean_run(model, graph, batch, metric_fn, clean)
     diff = (ablated_sources(model, graph, batch, ablation) - clean) * position_mask(batch).to(clean)[:, :, None, None]
     diff = einops.rearrange(diff, "b p s d -> s b p d")
-    acts, grads, m_clean = _clean_run(model, graph, batch, metric_fn)
     out = torch.zeros(graph.valid.shape, dtype=torch.float64)
     t_len, cfg = batch.clean.shape[1], model.cfg
     # sources per chunk so that the largest recomputed tensor (patterns, MLP hidden, logits) stays under max_elements
@@ -129,12 +131,13 @@ def _attention_effects(blk, acts: dict, grads: dict, pre: str, d: Float[Tensor, 
     normed, moved = blk.ln1(x), blk.ln1(x + d)  # [batch, pos, d], [s, batch, pos, d]
     clean = {ch: _project(attn, normed, ch) for ch in "qkv"}
     pattern0, grad_pattern = acts[pre + "attn.hook_pattern"], grads[pre + "attn.hook_pattern"]
+    recomputed = _pattern(attn, clean["q"], clean["k"])  # the baseline through the same code path as the moved ones
     cols = []
     for ch in "qk":
         new = _project(attn, moved, ch).flatten(0, 1)  # [s*b, pos, head, e]
         fixed = clean["k" if ch == "q" else "q"].repeat(n, 1, 1, 1)
         pattern = _pattern(attn, *((new, fixed) if ch == "q" else (fixed, new))).view(n, b, *pattern0.shape[1:])
-        cols.append(einops.einsum(pattern - _pattern(attn, clean["q"], clean["k"])[None], grad_pattern, "s b h q k, b h q k -> s h"))
+        cols.append(einops.einsum(pattern - recomputed[None], grad_pattern, "s b h q k, b h q k -> s h"))
     dz = einops.einsum(pattern0, _project(attn, moved, "v") - clean["v"], "b h q k, s b k h e -> s b q h e")
     cols.append(einops.einsum(dz, grads[pre + "attn.hook_z"], "s b q h e, b q h e -> s h"))
     return torch.cat(cols, dim=1)
