@@ -8,7 +8,6 @@ recorded as they are computed (sources come before the targets that read them).
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Callable, Iterable, Literal, Sequence
 
 import einops
@@ -79,21 +78,70 @@ def ablated_sources(model, graph: Graph, batch: TaskBatch, ablation: Ablation) -
     return ablate(corrupt, batch, ablation)
 
 
-def _dense_hook(th: TargetHook, cur: Tensor, abl: Tensor, cols: Float[Tensor, "up t"], diffs: dict[int, Tensor]):
-    # every upstream source, with zero weight where no edge is removed: a contiguous slice and one batched
-    # matmul over sources is ~5x faster on CPU than gathering the removed sources and an einsum.
-    # ``diffs`` (one dict per forward) keeps cur - abl per number of upstream sources: the q, k and v inputs
-    # of a layer read the same sources, all recorded before the first of them runs
-    w = cols.to(cur.device)
-    if not th.heads:
-        w = w[:, 0]
+class _SourceDiffs:
+    """Patched node inputs from (current - ablated) source outputs, kept as one [source, batch*pos*d_model]
+    matrix that is filled up to ``n_up`` as a forward pass records the sources (each differenced once)."""
+
+    def __init__(self, cur: Float[Tensor, "batch pos source d_model"], abl: Tensor):
+        self.cur, self.abl, self.done = cur, abl, 0
+        self.diff = cur.new_empty(cur.shape[2], cur[:, :, 0].numel())
+
+    def inputs(self, x: Float[Tensor, "batch pos d_model"], removed: Float[Tensor, "n up"]) -> Float[Tensor, "n batch pos d_model"]:
+        """``x`` (the unpatched input) with the sources marked in each row of ``removed`` at their ablated
+        output: ``x - removed @ (current - ablated)``. Constant terms of the residual stream that belong to no
+        source (attention output biases) stay in ``x``."""
+        n_up = removed.shape[1]
+        if n_up > self.done:
+            new = self.cur[:, :, self.done : n_up] - self.abl[:, :, self.done : n_up]
+            self.diff[self.done : n_up] = einops.rearrange(new, "b p s d -> s (b p d)")
+            self.done = n_up
+        return x[None] - torch.matmul(removed.to(x), self.diff[:n_up]).view(-1, *x.shape)
+
+
+def _subtract_hook(th: TargetHook, cols: Float[Tensor, "up 1"], diff: _SourceDiffs):
+    """MLP input or logits input with the removed sources at their ablated outputs."""
+    # every upstream source, with zero weight where no edge is removed: one matrix product over a
+    # contiguous slice is several times faster on CPU than gathering the removed sources.
+    w = cols.T.contiguous()
 
     def hook(x: Tensor, hook) -> Tensor:
-        p = x.shape[1]
-        if th.n_up not in diffs:
-            diffs[th.n_up] = (cur[:, :p, : th.n_up] - abl[:, :p, : th.n_up]).transpose(2, 3)  # [b, p, d, s]
-        removed = torch.matmul(diffs[th.n_up], w.to(x.dtype))  # [b, p, d, t] or [b, p, d]
-        return x - (removed.transpose(2, 3) if th.heads else removed)
+        return diff.inputs(x, w)[0]
+
+    return hook
+
+
+def _head_hook(blk, ch: str, th: TargetHook, cols: Float[Tensor, "up head"], resid: dict, normed: dict, diff: _SourceDiffs):
+    """Overwrite the ``ch`` (q, k or v) of the heads with removed input edges by projecting their own
+    patched input through ``ln1``.
+
+    The same values as TransformerLens' split q/k/v inputs (``hook_{q,k,v}_input``), which normalise
+    3 x n_heads copies of the residual stream in every layer; here only heads with removed edges are
+    recomputed, and heads whose inputs drop the same sources (e.g. every source, in small circuits) share
+    one layer norm, also across q, k and v (``normed`` caches them per forward)."""
+    heads = cols.any(0).nonzero().flatten()
+    keys = [cols[:, h].numpy().tobytes() for h in heads.tolist()]
+    column = dict(zip(keys, cols[:, heads].T))
+    attn, layer = blk.attn, int(th.name.split(".")[1])
+    w = getattr(attn, f"W_{ch.upper()}")[heads]
+    bias = getattr(attn, f"b_{ch.upper()}")[heads]
+
+    def hook(x: Tensor, hook) -> Tensor:  # x [batch, pos, head, d_head]
+        missing = list(dict.fromkeys(k for k in keys if (layer, k) not in normed))
+        if missing:
+            inputs = diff.inputs(resid[layer], torch.stack([column[k] for k in missing]))
+            for k, v in zip(missing, blk.ln1(inputs)):
+                normed[(layer, k)] = v
+        value = torch.stack([normed[(layer, k)] for k in keys])  # [n, b, p, d]
+        x = x.clone()
+        x[:, :, heads] = einops.einsum(value, w, "n b p d, n d e -> b p n e") + bias
+        return x
+
+    return hook
+
+
+def _store_resid(resid: dict, layer: int):
+    def hook(x: Tensor, hook) -> None:
+        resid[layer] = x
 
     return hook
 
@@ -106,17 +154,38 @@ def patched_logits(
     removed: Float[Tensor, "source target"] | None = None,
 ) -> Float[Tensor, "batch pos vocab"]:
     """Logits of ``tokens`` with the removed edges (0/1 [source, target] matrix) reading ``abl``.
-    Permanent hooks (e.g. gates) stay in place."""
+    Permanent hooks (e.g. gates) stay in place.
+
+    Inputs of nodes with no kept outgoing edge are left unpatched: nothing downstream reads such a
+    node's current output (every reader gets its ablated output instead), so this changes no logit."""
     graph.check_model(model)
+    if removed is None or not removed.any():
+        with torch.no_grad():
+            return model(tokens)
+    removed = removed.float().cpu()
     shape = (tokens.shape[0], tokens.shape[1], len(graph.sources), model.cfg.d_model)
     cur = torch.zeros(shape, dtype=abl.dtype, device=abl.device)
-    hooks, diffs = record_hooks(graph, cur, model), {}
-    for th in graph.target_hooks if removed is not None else []:
-        cols = removed[: th.n_up, th.start : th.start + th.count]
-        if cols.any():
-            hooks.append((th.name, _dense_hook(th, cur, abl, cols, diffs)))
-    flags = graph_flags(model) if len(hooks) > len(graph.source_hooks) else nullcontext()
-    with torch.no_grad(), flags, model.hooks(fwd_hooks=hooks):
+    hooks, resid, normed, stored = record_hooks(graph, cur, model), {}, {}, set()
+    diff = _SourceDiffs(cur, abl)
+    live = ((removed == 0) & graph.valid).any(1)  # sources with a kept outgoing edge
+    node_source = {name: i for i, name in enumerate(graph.sources)}
+    for th in graph.target_hooks:
+        cols = removed[: th.n_up, th.start : th.start + th.count].clone()
+        for j in range(th.count):
+            src = node_source.get(graph.target_node(graph.targets[th.start + j]))
+            if src is not None and not live[src]:
+                cols[:, j] = 0
+        if not cols.any():
+            continue
+        if not th.heads:
+            hooks.append((th.name, _subtract_hook(th, cols, diff)))
+            continue
+        layer, ch = int(th.name.split(".")[1]), th.name[-7]  # "blocks.l.hook_q_input" -> "q"
+        if layer not in stored:
+            stored.add(layer)
+            hooks.append((f"blocks.{layer}.hook_resid_pre", _store_resid(resid, layer)))
+        hooks.append((f"blocks.{layer}.attn.hook_{ch}", _head_hook(model.blocks[layer], ch, th, cols, resid, normed, diff)))
+    with torch.no_grad(), graph_flags(model, split=False), model.hooks(fwd_hooks=hooks):
         return model(tokens)
 
 
