@@ -419,3 +419,15 @@ def test_gated_model():
     f_full = faithfulness(model, batch, graph, torch.ones(graph.n_edges, dtype=torch.bool), metric=task)
     assert f_full.f == pytest.approx(1, abs=1e-5) and f_full.m_full > f_full.m_empty
     assert all(len(b.attn.hook_pattern.fwd_hooks) == 1 for b in model.blocks)  # gates still attached
+
+
+def test_auto_batch_size_bounds_memory(dense, ioi):
+    from circuitry.circuits.discover import auto_batch_size
+
+    task, _ = ioi
+    graph = Graph.from_model(dense)
+    length = next(iter(task.batches(8, 0, 8))).clean.shape[1]
+    per_prompt = 4 * length * len(graph.sources) * dense.cfg.d_model * 4  # float32 bytes
+    assert auto_batch_size(dense, task, graph, 100) == 100
+    assert auto_batch_size(dense, task, graph, 100, budget_bytes=10 * per_prompt + 1) == 10
+    assert auto_batch_size(dense, task, graph, 100, budget_bytes=1) == 1

@@ -66,9 +66,10 @@ def discover(
     ablation: str = "corrupt",
     ig_steps: int = 5,
     grid_points: int = 24,
-    batch_size: int = 50,
+    batch_size: int | None = None,
 ) -> Discovery:
-    """Score every edge with ``method``, then measure faithfulness of top-k circuits by patched forwards."""
+    """Score every edge with ``method``, then measure faithfulness of top-k circuits by patched forwards.
+    ``batch_size`` None: as many prompts per batch as :func:`auto_batch_size` allows."""
     if method not in METHODS:
         raise CircuitryError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if n_prompts <= 0:
@@ -76,6 +77,7 @@ def discover(
     t0 = time.time()
     model = as_multi_head(model)  # grouped-query models: the same function with per-head keys/values
     graph = Graph.from_model(model)
+    batch_size = auto_batch_size(model, task, graph, n_prompts, seed) if batch_size is None else batch_size
     if method == "exact":
         scores = exact_edge_scores(model, task, graph, ablation, n=n_prompts, seed=seed, batch_size=batch_size)
     else:
@@ -86,6 +88,15 @@ def discover(
     )
     name = getattr(model.cfg, "model_name", "model")
     return Discovery(name, task.name, method, n_prompts, graph, scores, curve, time.time() - t0)
+
+
+def auto_batch_size(model, task: Task, graph: Graph, n_prompts: int, seed: int = 0, budget_bytes: int = 2**30) -> int:
+    """Prompts per batch: all ``n_prompts`` if the per-batch source-output tensors (current, ablated and their
+    difference, plus gradients: about 4 x [batch, pos, source, d_model]) fit in ``budget_bytes``, else fewer.
+    The length comes from a few prompts of the task (fewer prompts per batch amortise less Python overhead)."""
+    length = next(iter(task.batches(min(n_prompts, 8), seed, 8))).clean.shape[1]
+    per_prompt = 4 * length * len(graph.sources) * model.cfg.d_model * torch.finfo(model.cfg.dtype).bits // 8
+    return max(1, min(n_prompts, budget_bytes // per_prompt))
 
 
 def compare(results: dict[str, Discovery], dense: str, sparse: str) -> dict[str, float | None]:
