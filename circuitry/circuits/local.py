@@ -21,7 +21,7 @@ from __future__ import annotations
 import einops
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from circuitry.circuits.graph import Graph, graph_flags, record_hooks
@@ -95,7 +95,8 @@ def local_batch_scores(
     b = len(batch)
     clean = torch.zeros(b, batch.clean.shape[1], len(graph.sources), model.cfg.d_model, dtype=model.cfg.dtype, device=model.cfg.device)
     acts, grads, m_clean = _clean_run(model, graph, batch, metric_fn, clean)
-    diff = (ablated_sources(model, graph, batch, ablation) - clean) * position_mask(batch).to(clean)[:, :, None, None]
+    real = position_mask(batch).to(clean.device)
+    diff = (ablated_sources(model, graph, batch, ablation) - clean) * real.to(clean)[:, :, None, None]
     diff = einops.rearrange(diff, "b p s d -> s b p d")
     out = torch.zeros(graph.valid.shape, dtype=torch.float64)
     t_len, cfg = batch.clean.shape[1], model.cfg
@@ -114,7 +115,7 @@ def local_batch_scores(
                 if kind == "attn":
                     s = _attention_effects(model.blocks[layer], acts, grads, f"blocks.{layer}.", d)
                 elif kind == "mlp":
-                    s = _mlp_effects(model.blocks[layer], acts[th.name], grads[f"blocks.{layer}.hook_mlp_out"], d)
+                    s = _mlp_effects(model.blocks[layer], acts[th.name], grads[f"blocks.{layer}.hook_mlp_out"], d, real)
                 else:  # the logits: exact
                     final = getattr(model, "ln_final", None) or torch.nn.Identity()  # absent without norms
                     logits = model.unembed(final((acts[th.name] + d).flatten(0, 1)))
@@ -143,7 +144,11 @@ def _attention_effects(blk, acts: dict, grads: dict, pre: str, d: Float[Tensor, 
     return torch.cat(cols, dim=1)
 
 
-def _mlp_effects(blk, x: Float[Tensor, "batch pos d_model"], grad_out: Tensor, d: Float[Tensor, "s batch pos d_model"]) -> Float[Tensor, "s 1"]:
-    moved = blk.mlp(blk.ln2((x + d).flatten(0, 1)))  # TransformerLens MLPs take [batch, pos, d]
+def _mlp_effects(
+    blk, x: Float[Tensor, "batch pos d_model"], grad_out: Tensor, d: Float[Tensor, "s batch pos d_model"], real: Bool[Tensor, "batch pos"]
+) -> Float[Tensor, "s 1"]:
+    """Effects of moving the MLP input by ``d[s]``, at the real (unpadded) positions only: elsewhere ``d`` is 0."""
+    x, grad_out, d = x[real][None], grad_out[real][None], d[:, real][:, None]  # TransformerLens MLPs take [batch, pos, d]
+    moved = blk.mlp(blk.ln2((x + d).flatten(0, 1)))
     delta = moved.view(len(d), *x.shape) - blk.mlp(blk.ln2(x))[None]
     return einops.einsum(delta, grad_out, "s b p d, b p d -> s")[:, None]
