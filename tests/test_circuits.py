@@ -397,7 +397,17 @@ def test_faithfulness_curve(dense, ioi):
     x = torch.tensor([10, 100, 400, 1519]).log10()
     area = sum((x[i + 1] - x[i]) * (f[i] + f[i + 1]) / 2 for i in range(3)) / (x[-1] - x[0])
     assert curve.cpr == pytest.approx(float(area), abs=1e-6) and 0 < curve.cmd < 1
-    assert curve.edges_80 == min(p.n_edges for p in curve.points if p.f >= 0.8)
+    # edges_80: where f reaches 0.8 for good, over grid and refined points
+    done = sorted(curve.points + curve.refined, key=lambda p: p.budget)
+    at = next(i for i in range(len(done)) if all(p.f >= 0.8 for p in done[i:]))
+    assert (curve.edges_80, curve.heads_80) == (done[at].n_edges, done[at].n_heads) and done[at].budget <= 400
+    # bisection: new budgets strictly inside (100, 400), the bracket of the grid's crossing, each a real
+    # patched run (equal to faithfulness() of the same circuit)
+    assert 1 <= len(curve.refined) <= 6 and all(100 < p.budget < 400 for p in curve.refined)
+    p = curve.refined[0]
+    again = faithfulness(dense, batch, graph, prune(graph, top_n(graph, scores, p.budget)), metric=task)
+    assert again.f == pytest.approx(p.f, abs=1e-5) and again.n_edges == p.n_edges
+    assert faithfulness_curve(dense, batch, graph, scores, grid=[10, 100, 400, 1519], metric=task, refine=0).refined == []
     json.dumps(curve.to_dict())
 
 
@@ -431,3 +441,12 @@ def test_auto_batch_size_bounds_memory(dense, ioi):
     assert auto_batch_size(dense, task, graph, 100) == 100
     assert auto_batch_size(dense, task, graph, 100, budget_bytes=10 * per_prompt + 1) == 10
     assert auto_batch_size(dense, task, graph, 100, budget_bytes=1) == 1
+
+
+def test_crossing_ignores_a_spike_before_a_dip():
+    from circuitry.circuits.evaluate import CurvePoint, FaithfulnessCurve
+
+    pts = [CurvePoint(k, k, k // 10, 0, 0.0, f) for k, f in [(10, 0.1), (20, 0.95), (40, 0.7), (80, 0.92), (160, 1.0)]]
+    curve = FaithfulnessCurve(pts[:3] + pts[4:], 1.0, 0.0, 0.0, 0.0, refined=[pts[3]])
+    assert curve.crossing(0.9).budget == 80 and curve.crossing(0.6).budget == 20 and curve.crossing(0.05).budget == 10
+    assert curve.crossing(1.01) is None

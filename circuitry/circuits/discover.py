@@ -38,11 +38,10 @@ class Discovery:
     seconds: float = 0.0
 
     def circuit(self, target: float = 0.9) -> Circuit | None:
-        """The smallest curve circuit reaching f >= target (None if none does)."""
-        ok = [p for p in self.curve.points if p.f >= target]
-        if not ok:
+        """The circuit at the curve's sustained crossing of f >= target (None if f never stays there)."""
+        best = self.curve.crossing(target)
+        if best is None:
             return None
-        best = min(ok, key=lambda p: (p.n_edges, p.budget))
         return Circuit.from_mask(self.graph, prune(self.graph, top_n(self.graph, self.scores, best.budget)), self.scores)
 
     def to_dict(self) -> dict[str, Any]:
@@ -52,6 +51,7 @@ class Discovery:
             "edges_total": self.graph.n_edges, "heads_total": self.graph.n_layers * self.graph.n_heads,
             "edges_at_0.9": c.edges_90, "heads_at_0.9": c.heads_90, "edges_at_0.8": c.edges_80, "heads_at_0.8": c.heads_80,
             "faithfulness_curve": [[p.n_edges, round(p.f, 5)] for p in c.points],
+            "refined_points": [[p.n_edges, round(p.f, 5)] for p in c.refined],
             "m_full": round(c.m_full, 5), "m_empty": round(c.m_empty, 5), "cpr": round(c.cpr, 5), "cmd": round(c.cmd, 5),
             "seconds": round(self.seconds, 2),
         }  # fmt: skip
@@ -65,7 +65,7 @@ def discover(
     seed: int = 0,
     ablation: str = "corrupt",
     ig_steps: int = 5,
-    grid_points: int = 24,
+    grid_points: int = 16,
     batch_size: int | None = None,
 ) -> Discovery:
     """Score every edge with ``method``, then measure faithfulness of top-k circuits by patched forwards.

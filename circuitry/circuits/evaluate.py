@@ -15,7 +15,7 @@ faithful at every budget scores CPR = 1 and CMD = 0:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -55,12 +55,23 @@ class FaithfulnessCurve:
     m_empty: float
     cpr: float
     cmd: float
-    edges_80: int | None = None  # smallest pruned edge count with f >= 0.8 (None: never reached)
+    edges_80: int | None = None  # pruned edge count where f reaches 0.8 for good (see ``crossing``; None: never)
     heads_80: int | None = None
     edges_90: int | None = None
     heads_90: int | None = None
     ablation: str = "corrupt"
     n_prompts: int = 0
+    refined: list[CurvePoint] = field(default_factory=list)  # extra budgets bisected near f = 0.8 and 0.9
+
+    def crossing(self, target: float) -> CurvePoint | None:
+        """The smallest evaluated budget (grid or refined) from which on f stays >= target at every larger
+        evaluated budget. f is not monotone in the budget (an edge with a negative effect can enter before
+        the edges that cancel it), so "the smallest circuit with f >= target" would depend on which budgets
+        happen to be evaluated; the sustained crossing does not."""
+        done = sorted(self.points + self.refined, key=lambda p: p.budget)
+        failing = [i for i, p in enumerate(done) if p.f < target]
+        start = failing[-1] + 1 if failing else 0
+        return done[start] if start < len(done) else None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,12 +84,19 @@ def metric_means(
     masks: Sequence[Bool[Tensor, " edge"]],
     metric_fn: Metric,
     ablation: Ablation,
+    abls: list[Tensor] | None = None,
 ) -> list[float]:
-    """Mean over all prompts of the metric of each masked model (one corrupted run per batch)."""
+    """Mean over all prompts of the metric of each masked model (one corrupted run per batch; pass an empty
+    list as ``abls`` to keep the ablated source outputs of each batch there for later calls)."""
     sums = torch.zeros(len(masks), dtype=torch.float64)
     n_prompts = 0
-    for batch in batches:
-        abl = ablated_sources(model, graph, batch, ablation)
+    for i, batch in enumerate(batches):
+        if abls is not None and i < len(abls):
+            abl = abls[i]
+        else:
+            abl = ablated_sources(model, graph, batch, ablation)
+            if abls is not None:
+                abls.append(abl)
         for j, mask in enumerate(masks):
             logits = run_with_edges(model, batch, graph, mask, ablation, abl=abl)
             sums[j] += metric_fn(logits, batch).double().sum().cpu()
@@ -146,11 +164,14 @@ def faithfulness_curve(
     n: int = 100,
     seed: int = 0,
     batch_size: int = 50,
+    refine: int = 3,
 ) -> FaithfulnessCurve:
     """Faithfulness of the pruned top-k-by-|score| circuits over a log-spaced grid of k.
 
     ``scores`` defaults to ``graph.scores``; ``grid`` to :func:`default_grid`. Returns the points,
-    CPR, CMD (module docstring) and the smallest circuits reaching f >= 0.8 and f >= 0.9.
+    CPR, CMD (module docstring) and the circuits where f reaches 0.8 and 0.9 for good (``crossing``); for those,
+    ``refine`` bisection steps between grid budgets (extra patched runs, kept in ``refined``) narrow the
+    edge count beyond the grid's spacing.
     """
     check_ablation(ablation)
     graph.check_model(model)
@@ -159,22 +180,44 @@ def faithfulness_curve(
     if not grid or grid[0] < 1 or grid[-1] > graph.n_edges:
         raise CircuitryError(f"grid budgets must be between 1 and {graph.n_edges} edges")
     batches, metric_fn = resolve_data(task_or_batches, metric, n, seed, batch_size)
-    circuits = [Circuit.from_mask(graph, prune(graph, top_n(graph, scores, k))) for k in grid]
+    abls: list[Tensor] = []
     full, empty = torch.ones(graph.n_edges, dtype=torch.bool), torch.zeros(graph.n_edges, dtype=torch.bool)
-    means = metric_means(model, batches, graph, [c.edge_mask for c in circuits] + [full, empty], metric_fn, ablation)
-    m_full, m_empty = means[-2], means[-1]
-    points = [
-        CurvePoint(k, c.n_edges, c.n_heads, c.n_mlps, m, _ratio(m, m_full, m_empty))
-        for k, c, m in zip(grid, circuits, means[:-2])
-    ]
+    m_full, m_empty = metric_means(model, batches, graph, [full, empty], metric_fn, ablation, abls)
+
+    known = {empty.numpy().tobytes(): m_empty, full.numpy().tobytes(): m_full}  # one patched run per distinct circuit
+
+    def evaluate(budgets: Sequence[int]) -> list[CurvePoint]:
+        circuits = [Circuit.from_mask(graph, prune(graph, top_n(graph, scores, k))) for k in budgets]
+        keys = [c.edge_mask.numpy().tobytes() for c in circuits]
+        new = {k: c.edge_mask for k, c in zip(keys, circuits) if k not in known}
+        known.update(zip(new, metric_means(model, batches, graph, list(new.values()), metric_fn, ablation, abls)))
+        means = [known[k] for k in keys]
+        return [CurvePoint(k, c.n_edges, c.n_heads, c.n_mlps, m, _ratio(m, m_full, m_empty)) for k, c, m in zip(budgets, circuits, means)]
+
+    points = evaluate(grid)
     f = [p.f for p in points]
     cpr, cmd = _log_area(grid, f), _log_area(grid, [abs(1 - v) for v in f])
     n_prompts = sum(len(b) for b in batches)
     curve = FaithfulnessCurve(points, m_full, m_empty, cpr, cmd, ablation=ablation, n_prompts=n_prompts)
-    for t in (80, 90):
-        ok = [p for p in points if p.f >= t / 100]
-        if ok:
-            best = min(ok, key=lambda p: (p.n_edges, p.budget))
-            setattr(curve, f"edges_{t}", best.n_edges)
-            setattr(curve, f"heads_{t}", best.n_heads)
+    for t in (0.8, 0.9):
+        _bisect(curve, t, refine, evaluate)
+    for t in (0.8, 0.9):  # after both: a point added for 0.9 may move the 0.8 crossing
+        best = curve.crossing(t)
+        if best is not None:
+            setattr(curve, f"edges_{round(t * 100)}", best.n_edges)
+            setattr(curve, f"heads_{round(t * 100)}", best.n_heads)
     return curve
+
+
+def _bisect(curve: FaithfulnessCurve, target: float, steps: int, evaluate) -> None:
+    """Narrow the sustained crossing of ``target`` (:meth:`FaithfulnessCurve.crossing`): bisect (geometrically)
+    between the last evaluated budget with f < target and the crossing, ``steps`` times, adding the new
+    points to ``curve.refined``."""
+    for _ in range(steps):
+        hi = curve.crossing(target)
+        below = [p.budget for p in curve.points + curve.refined if hi is not None and p.budget < hi.budget]
+        if hi is None or not below or hi.budget - max(below) <= 1:
+            return
+        lo = max(below)
+        mid = min(hi.budget - 1, max(lo + 1, round(math.sqrt(lo * hi.budget))))
+        curve.refined += evaluate([mid])

@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from circuitry.circuits.graph import Graph, TargetHook, graph_flags, record_hooks, record_sources
+from circuitry.circuits.graph import Graph, SourceHook, TargetHook, graph_flags, record_sources
 from circuitry.errors import CircuitryError
 from circuitry.tasks.base import Task, TaskBatch
 
@@ -79,23 +79,36 @@ def ablated_sources(model, graph: Graph, batch: TaskBatch, ablation: Ablation) -
 
 
 class _SourceDiffs:
-    """Patched node inputs from (current - ablated) source outputs, kept as one [source, batch*pos*d_model]
-    matrix that is filled up to ``n_up`` as a forward pass records the sources (each differenced once)."""
+    """(current - ablated) output of every source as one [source, batch*pos*d_model] matrix, written by
+    forward hooks as the sources run (targets read only sources recorded before them), and the patched node
+    inputs computed from it."""
 
-    def __init__(self, cur: Float[Tensor, "batch pos source d_model"], abl: Tensor):
-        self.cur, self.abl, self.done = cur, abl, 0
-        self.diff = cur.new_empty(cur.shape[2], cur[:, :, 0].numel())
+    def __init__(self, model, graph: Graph, abl: Float[Tensor, "batch pos source d_model"], batch: int, pos: int):
+        self.model, self.graph, self.abl = model, graph, abl
+        self.diff = abl.new_empty(len(graph.sources), batch * pos * model.cfg.d_model)
+
+    def hooks(self) -> list:
+        def make(h: SourceHook):
+            rows = self.diff[h.start : h.start + h.count]
+
+            def hook(x: Tensor, hook) -> None:
+                abl = self.abl[:, : x.shape[1], h.start : h.start + h.count]
+                if h.heads:  # x = z [batch, pos, head, d_head]: per-head outputs z_h @ W_O[h]
+                    w_o = self.model.blocks[int(h.name.split(".")[1])].attn.W_O
+                    out = einops.einsum(x, w_o, "b p h e, h e d -> h b p d") - einops.rearrange(abl, "b p h d -> h b p d")
+                else:
+                    out = (x - abl[:, :, 0])[None]
+                rows.view(out.shape).copy_(out)
+
+            return hook
+
+        return [(h.name, make(h)) for h in self.graph.source_hooks]
 
     def inputs(self, x: Float[Tensor, "batch pos d_model"], removed: Float[Tensor, "n up"]) -> Float[Tensor, "n batch pos d_model"]:
         """``x`` (the unpatched input) with the sources marked in each row of ``removed`` at their ablated
         output: ``x - removed @ (current - ablated)``. Constant terms of the residual stream that belong to no
         source (attention output biases) stay in ``x``."""
-        n_up = removed.shape[1]
-        if n_up > self.done:
-            new = self.cur[:, :, self.done : n_up] - self.abl[:, :, self.done : n_up]
-            self.diff[self.done : n_up] = einops.rearrange(new, "b p s d -> s (b p d)")
-            self.done = n_up
-        return x[None] - torch.matmul(removed.to(x), self.diff[:n_up]).view(-1, *x.shape)
+        return x[None] - torch.matmul(removed.to(x), self.diff[: removed.shape[1]]).view(-1, *x.shape)
 
 
 def _subtract_hook(th: TargetHook, cols: Float[Tensor, "up 1"], diff: _SourceDiffs):
@@ -163,10 +176,8 @@ def patched_logits(
         with torch.no_grad():
             return model(tokens)
     removed = removed.float().cpu()
-    shape = (tokens.shape[0], tokens.shape[1], len(graph.sources), model.cfg.d_model)
-    cur = torch.zeros(shape, dtype=abl.dtype, device=abl.device)
-    hooks, resid, normed, stored = record_hooks(graph, cur, model), {}, {}, set()
-    diff = _SourceDiffs(cur, abl)
+    diff = _SourceDiffs(model, graph, abl, *tokens.shape)
+    hooks, resid, normed, stored = diff.hooks(), {}, {}, set()
     live = ((removed == 0) & graph.valid).any(1)  # sources with a kept outgoing edge
     node_source = {name: i for i, name in enumerate(graph.sources)}
     for th in graph.target_hooks:
