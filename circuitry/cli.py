@@ -229,7 +229,7 @@ def _discovery_report(task: str, method: str, results: dict, pair: tuple[str, st
 def discover_cmd(
     task: str = typer.Option("ioi", "--task", help="Built-in task or a .json/.jsonl file."),
     model: Optional[str] = typer.Option(None, "--model", help="One model; default: tiny-sparse and its dense parent."),
-    method: str = typer.Option("eap", "--method", help="eap, eap-local, eap-ig, eap-ig-node or exact."),
+    method: str = typer.Option("eap-local", "--method", help="eap-local (default), eap, eap-ig, eap-ig-node or exact."),
     n_prompts: int = typer.Option(100, "--n-prompts"),
     corruption: Optional[str] = typer.Option(None, "--corruption"),
     seed: int = typer.Option(0, "--seed"),
@@ -248,7 +248,7 @@ def compare_cmd(
     task: str = typer.Option(..., "--task"),
     dense: str = typer.Option("tiny-dense", "--dense"),
     sparse: str = typer.Option("tiny-sparse", "--sparse"),
-    method: str = typer.Option("eap", "--method"),
+    method: str = typer.Option("eap-local", "--method", help="eap-local (default), eap, eap-ig, eap-ig-node or exact."),
     n_prompts: int = typer.Option(100, "--n-prompts"),
     corruption: Optional[str] = typer.Option(None, "--corruption"),
     seed: int = typer.Option(0, "--seed"),

@@ -102,7 +102,7 @@ def test_discover_single_model_json_and_files(tmp_path):
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     m = out["models"]["tiny-dense"]
-    assert out["task"] == "ioi" and out["method"] == "eap"
+    assert out["task"] == "ioi" and out["method"] == "eap-local"
     assert {"edges_total", "edges_at_0.9", "heads_at_0.9", "edges_at_0.8", "heads_at_0.8", "faithfulness_curve", "seconds"} <= m.keys()
     assert m["edges_total"] == 1519 and m["faithfulness_curve"][-1] == [1519, 1.0]
     assert (tmp_path / "circuit_tiny-dense.json").exists() and (tmp_path / "faithfulness_curves.html").exists()

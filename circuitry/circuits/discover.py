@@ -60,7 +60,7 @@ class Discovery:
 def discover(
     model,
     task: Task,
-    method: str = "eap",
+    method: str = "eap-local",
     n_prompts: int = 100,
     seed: int = 0,
     ablation: str = "corrupt",

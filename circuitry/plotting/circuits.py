@@ -9,10 +9,10 @@ DASH = {"q": "dot", "k": "dash", "v": "solid", "": "solid"}
 
 
 def faithfulness_curves(results: dict) -> go.Figure:
-    """f against edges kept (log x), one line per model; dotted lines at f = 0.8 and 0.9."""
+    """f against edges kept (log x), one line per model (grid and bisection points); dotted lines at f = 0.8 and 0.9."""
     fig = go.Figure()
     for name, r in results.items():
-        pts = r.curve.points
+        pts = sorted(r.curve.points + r.curve.refined, key=lambda p: p.budget)
         fig.add_trace(go.Scatter(x=[p.n_edges for p in pts], y=[p.f for p in pts], mode="lines+markers", name=name,
                                  hovertemplate="%{x} edges<br>f = %{y:.3f}<extra>" + name + "</extra>"))  # fmt: skip
     for t in (0.8, 0.9):
