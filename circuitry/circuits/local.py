@@ -21,7 +21,7 @@ from __future__ import annotations
 import einops
 import torch
 import torch.nn.functional as F
-from jaxtyping import Bool, Float
+from jaxtyping import Float
 from torch import Tensor
 
 from circuitry.circuits.graph import Graph, graph_flags, record_hooks
@@ -95,8 +95,7 @@ def local_batch_scores(
     b = len(batch)
     clean = torch.zeros(b, batch.clean.shape[1], len(graph.sources), model.cfg.d_model, dtype=model.cfg.dtype, device=model.cfg.device)
     acts, grads, m_clean = _clean_run(model, graph, batch, metric_fn, clean)
-    real = position_mask(batch).to(clean.device)
-    diff = (ablated_sources(model, graph, batch, ablation) - clean) * real.to(clean)[:, :, None, None]
+    diff = (ablated_sources(model, graph, batch, ablation) - clean) * position_mask(batch).to(clean)[:, :, None, None]
     diff = einops.rearrange(diff, "b p s d -> s b p d")
     out = torch.zeros(graph.valid.shape, dtype=torch.float64)
     t_len, cfg = batch.clean.shape[1], model.cfg
@@ -115,7 +114,7 @@ def local_batch_scores(
                 if kind == "attn":
                     s = _attention_effects(model.blocks[layer], acts, grads, f"blocks.{layer}.", d)
                 elif kind == "mlp":
-                    s = _mlp_effects(model.blocks[layer], acts[th.name], grads[f"blocks.{layer}.hook_mlp_out"], d, real)
+                    s = _mlp_effects(model.blocks[layer], acts[th.name], grads[f"blocks.{layer}.hook_mlp_out"], d)
                 else:  # the logits: exact
                     final = getattr(model, "ln_final", None) or torch.nn.Identity()  # absent without norms
                     logits = model.unembed(final((acts[th.name] + d).flatten(0, 1)))
@@ -144,11 +143,11 @@ def _attention_effects(blk, acts: dict, grads: dict, pre: str, d: Float[Tensor, 
     return torch.cat(cols, dim=1)
 
 
-def _mlp_effects(
-    blk, x: Float[Tensor, "batch pos d_model"], grad_out: Tensor, d: Float[Tensor, "s batch pos d_model"], real: Bool[Tensor, "batch pos"]
-) -> Float[Tensor, "s 1"]:
-    """Effects of moving the MLP input by ``d[s]``, at the real (unpadded) positions only: elsewhere ``d`` is 0."""
-    x, grad_out, d = x[real][None], grad_out[real][None], d[:, real][:, None]  # TransformerLens MLPs take [batch, pos, d]
-    moved = blk.mlp(blk.ln2((x + d).flatten(0, 1)))
-    delta = moved.view(len(d), *x.shape) - blk.mlp(blk.ln2(x))[None]
-    return einops.einsum(delta, grad_out, "s b p d, b p d -> s")[:, None]
+def _mlp_effects(blk, x: Float[Tensor, "batch pos d_model"], grad_out: Tensor, d: Float[Tensor, "s batch pos d_model"]) -> Float[Tensor, "s 1"]:
+    """Effects of moving the MLP input by ``d[s]``, computed only where ``d`` is non-zero (elsewhere the MLP
+    output does not move): padding, and on a sparse-attention model most (source, position) pairs."""
+    s_idx, b_idx, p_idx = (d != 0).any(-1).nonzero(as_tuple=True)
+    clean = blk.mlp(blk.ln2(x))  # TransformerLens MLPs take [batch, pos, d]
+    moved = blk.mlp(blk.ln2((x[b_idx, p_idx] + d[s_idx, b_idx, p_idx])[None]))[0]
+    rows = einops.einsum(moved - clean[b_idx, p_idx], grad_out[b_idx, p_idx], "n d, n d -> n")
+    return torch.zeros(len(d), dtype=rows.dtype, device=rows.device).index_add_(0, s_idx, rows)[:, None]
