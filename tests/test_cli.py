@@ -105,6 +105,8 @@ def test_discover_single_model_json_and_files(tmp_path):
     assert out["task"] == "ioi" and out["method"] == "eap-local"
     assert {"edges_total", "edges_at_0.9", "heads_at_0.9", "edges_at_0.8", "heads_at_0.8", "faithfulness_curve", "seconds"} <= m.keys()
     assert m["edges_total"] == 1519 and m["faithfulness_curve"][-1] == [1519, 1.0]
+    done = sorted(m["faithfulness_curve"] + m["refined_points"])  # edges_at_0.9: where f stays >= 0.9
+    assert m["edges_at_0.9"] == next(e for i, (e, _) in enumerate(done) if all(f >= 0.9 for _, f in done[i:]))
     assert (tmp_path / "circuit_tiny-dense.json").exists() and (tmp_path / "faithfulness_curves.html").exists()
 
 
