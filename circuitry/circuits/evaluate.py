@@ -84,19 +84,14 @@ def metric_means(
     masks: Sequence[Bool[Tensor, " edge"]],
     metric_fn: Metric,
     ablation: Ablation,
-    abls: list[Tensor] | None = None,
+    abls: Sequence[Tensor] | None = None,
 ) -> list[float]:
-    """Mean over all prompts of the metric of each masked model (one corrupted run per batch; pass an empty
-    list as ``abls`` to keep the ablated source outputs of each batch there for later calls)."""
+    """Mean over all prompts of the metric of each masked model. ``abls``: the ablated source outputs of
+    each batch (:func:`ablated_sources`), else one corrupted run per batch computes them."""
     sums = torch.zeros(len(masks), dtype=torch.float64)
     n_prompts = 0
     for i, batch in enumerate(batches):
-        if abls is not None and i < len(abls):
-            abl = abls[i]
-        else:
-            abl = ablated_sources(model, graph, batch, ablation)
-            if abls is not None:
-                abls.append(abl)
+        abl = ablated_sources(model, graph, batch, ablation) if abls is None else abls[i]
         for j, mask in enumerate(masks):
             logits = run_with_edges(model, batch, graph, mask, ablation, abl=abl)
             sums[j] += metric_fn(logits, batch).double().sum().cpu()
@@ -180,7 +175,7 @@ def faithfulness_curve(
     if not grid or grid[0] < 1 or grid[-1] > graph.n_edges:
         raise CircuitryError(f"grid budgets must be between 1 and {graph.n_edges} edges")
     batches, metric_fn = resolve_data(task_or_batches, metric, n, seed, batch_size)
-    abls: list[Tensor] = []
+    abls = [ablated_sources(model, graph, batch, ablation) for batch in batches]  # shared by every circuit
     full, empty = torch.ones(graph.n_edges, dtype=torch.bool), torch.zeros(graph.n_edges, dtype=torch.bool)
     m_full, m_empty = metric_means(model, batches, graph, [full, empty], metric_fn, ablation, abls)
 
@@ -215,9 +210,10 @@ def _bisect(curve: FaithfulnessCurve, target: float, steps: int, evaluate) -> No
     points to ``curve.refined``."""
     for _ in range(steps):
         hi = curve.crossing(target)
-        below = [p.budget for p in curve.points + curve.refined if hi is not None and p.budget < hi.budget]
-        if hi is None or not below or hi.budget - max(below) <= 1:
+        if hi is None:
             return
-        lo = max(below)
+        lo = max((p.budget for p in curve.points + curve.refined if p.budget < hi.budget), default=None)
+        if lo is None or hi.budget - lo <= 1:
+            return
         mid = min(hi.budget - 1, max(lo + 1, round(math.sqrt(lo * hi.budget))))
         curve.refined += evaluate([mid])

@@ -221,17 +221,22 @@ class Graph:
         return f"Graph({shape}: {len(self.nodes)} nodes, {self.n_edges} edges)"
 
 
+def source_outputs(model, h: SourceHook, x: Tensor) -> Float[Tensor, "batch pos count d_model"]:
+    """The outputs of the sources of hook ``h`` from its activation ``x``: per head ``z_h @ W_O[h]`` for
+    ``hook_z`` ([batch, pos, head, d_head]), else ``x`` itself with a source axis of 1."""
+    if h.heads:
+        w_o = model.blocks[int(h.name.split(".")[1])].attn.W_O
+        return einops.einsum(x, w_o, "b p h e, h e d -> b p h d")
+    return x[:, :, None]
+
+
 def record_hooks(graph: Graph, buffer: Float[Tensor, "batch pos source d_model"], model):
     """Forward hooks that write every source output (detached) into ``buffer``."""
 
     def make(h: SourceHook):
         def hook(x: Tensor, hook) -> None:
-            if h.heads:  # x = z [batch, pos, head, d_head]
-                w_o = model.blocks[int(h.name.split(".")[1])].attn.W_O
-                out = einops.einsum(x.detach(), w_o.detach(), "b p h e, h e d -> b p h d")
-                buffer[:, : x.shape[1], h.start : h.start + h.count] = out
-            else:
-                buffer[:, : x.shape[1], h.start] = x.detach()
+            with torch.no_grad():
+                buffer[:, : x.shape[1], h.start : h.start + h.count] = source_outputs(model, h, x)
 
         return hook
 

@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from circuitry.circuits.graph import Graph, SourceHook, TargetHook, graph_flags, record_sources
+from circuitry.circuits.graph import Graph, SourceHook, TargetHook, graph_flags, record_sources, source_outputs
 from circuitry.errors import CircuitryError
 from circuitry.tasks.base import Task, TaskBatch
 
@@ -92,13 +92,8 @@ class _SourceDiffs:
             rows = self.diff[h.start : h.start + h.count]
 
             def hook(x: Tensor, hook) -> None:
-                abl = self.abl[:, : x.shape[1], h.start : h.start + h.count]
-                if h.heads:  # x = z [batch, pos, head, d_head]: per-head outputs z_h @ W_O[h]
-                    w_o = self.model.blocks[int(h.name.split(".")[1])].attn.W_O
-                    out = einops.einsum(x, w_o, "b p h e, h e d -> h b p d") - einops.rearrange(abl, "b p h d -> h b p d")
-                else:
-                    out = (x - abl[:, :, 0])[None]
-                rows.view(out.shape).copy_(out)
+                out = source_outputs(self.model, h, x) - self.abl[:, : x.shape[1], h.start : h.start + h.count]
+                rows.view(h.count, *x.shape[:2], -1).copy_(einops.rearrange(out, "b p s d -> s b p d"))
 
             return hook
 
@@ -134,9 +129,7 @@ def _head_hook(blk, ch: str, th: TargetHook, cols: Float[Tensor, "up head"], res
     heads = cols.any(0).nonzero().flatten()
     keys = [cols[:, h].numpy().tobytes() for h in heads.tolist()]
     column = dict(zip(keys, cols[:, heads].T))
-    attn, layer = blk.attn, int(th.name.split(".")[1])
-    w = getattr(attn, f"W_{ch.upper()}")[heads]
-    bias = getattr(attn, f"b_{ch.upper()}")[heads]
+    layer = int(th.name.split(".")[1])
 
     def hook(x: Tensor, hook) -> Tensor:  # x [batch, pos, head, d_head]
         missing = list(dict.fromkeys(k for k in keys if (layer, k) not in normed))
@@ -144,17 +137,10 @@ def _head_hook(blk, ch: str, th: TargetHook, cols: Float[Tensor, "up head"], res
             inputs = diff.inputs(resid[layer], torch.stack([column[k] for k in missing]))
             for k, v in zip(missing, blk.ln1(inputs)):
                 normed[(layer, k)] = v
-        value = torch.stack([normed[(layer, k)] for k in keys])  # [n, b, p, d]
+        value = project_heads(blk.attn, ch, heads, torch.stack([normed[(layer, k)] for k in keys]))  # [n, b, p, e]
         x = x.clone()
-        x[:, :, heads] = einops.einsum(value, w, "n b p d, n d e -> b p n e") + bias
+        x[:, :, heads] = einops.rearrange(value, "n b p e -> b p n e")
         return x
-
-    return hook
-
-
-def _store_resid(resid: dict, layer: int):
-    def hook(x: Tensor, hook) -> None:
-        resid[layer] = x
 
     return hook
 
@@ -177,7 +163,7 @@ def patched_logits(
             return model(tokens)
     removed = removed.float().cpu()
     diff = _SourceDiffs(model, graph, abl, *tokens.shape)
-    hooks, resid, normed, stored = diff.hooks(), {}, {}, set()
+    hooks, resid, normed, head_layers = diff.hooks(), {}, {}, set()
     live = ((removed == 0) & graph.valid).any(1)  # sources with a kept outgoing edge
     node_source = {name: i for i, name in enumerate(graph.sources)}
     for th in graph.target_hooks:
@@ -192,10 +178,9 @@ def patched_logits(
             hooks.append((th.name, _subtract_hook(th, cols, diff)))
             continue
         layer, ch = int(th.name.split(".")[1]), th.name[-7]  # "blocks.l.hook_q_input" -> "q"
-        if layer not in stored:
-            stored.add(layer)
-            hooks.append((f"blocks.{layer}.hook_resid_pre", _store_resid(resid, layer)))
         hooks.append((f"blocks.{layer}.attn.hook_{ch}", _head_hook(model.blocks[layer], ch, th, cols, resid, normed, diff)))
+        head_layers.add(layer)
+    hooks += [(f"blocks.{layer}.hook_resid_pre", _store(resid, layer)) for layer in sorted(head_layers)]
     with torch.no_grad(), graph_flags(model, split=False), model.hooks(fwd_hooks=hooks):
         return model(tokens)
 
@@ -332,8 +317,12 @@ def exact_edge_scores(
 def head_input_value(blk, ch: str, heads: Tensor, resid_in: Float[Tensor, "n ... d_model"]) -> Float[Tensor, "n ... d_head"]:
     """The ``ch`` (q, k or v) of head ``heads[i]`` computed from the residual input ``resid_in[i]``: what the
     split-input hook path gives for that one head, without splitting every head's input."""
-    normed = blk.ln1(resid_in)
-    w, bias = getattr(blk.attn, f"W_{ch.upper()}")[heads], getattr(blk.attn, f"b_{ch.upper()}")[heads]
+    return project_heads(blk.attn, ch, heads, blk.ln1(resid_in))
+
+
+def project_heads(attn, ch: str, heads: Tensor, normed: Float[Tensor, "n ... d_model"]) -> Float[Tensor, "n ... d_head"]:
+    """The ``ch`` (q, k or v) of head ``heads[i]`` from its normalised input ``normed[i]``."""
+    w, bias = getattr(attn, f"W_{ch.upper()}")[heads], getattr(attn, f"b_{ch.upper()}")[heads]
     bias = bias.reshape(len(heads), *([1] * (normed.dim() - 2)), bias.shape[-1])
     return einops.einsum(normed, w, "n ... d, n d e -> n ... e") + bias
 
