@@ -270,15 +270,18 @@ def zoo_build_cmd(
     steps: int = typer.Option(2500, "--steps"),
     seed: int = typer.Option(0, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in --out."),
+    n_layers: int = typer.Option(4, "--n-layers"),
+    n_heads: int = typer.Option(8, "--n-heads"),
+    d_model: int = typer.Option(128, "--d-model"),
+    d_mlp: int = typer.Option(512, "--d-mlp"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Pretrain the default dense model on the synthetic language (checkpoints, --resume)."""
+    """Pretrain a dense model on the synthetic language (default: tiny-dense's architecture; checkpoints, --resume)."""
     from circuitry.zoo.pretrain import PretrainConfig, pretrain
     from circuitry.zoo.registry import read_json
 
-    if steps <= 0:
-        raise CircuitryError(f"--steps must be positive, got {steps}")
-    pretrain(PretrainConfig(steps=steps, seed=seed), out, resume=resume, name=name)
+    cfg = PretrainConfig(n_layers=n_layers, n_heads=n_heads, d_model=d_model, d_mlp=d_mlp, steps=steps, seed=seed)
+    pretrain(cfg, out, resume=resume, name=name)
     meta = read_json(out / "meta.json")
     _emit(meta, as_json, [f"wrote {out}: held-out CE {meta['heldout_ce']:.4f} in {meta['train_seconds']:.0f} s"])
 

@@ -97,6 +97,20 @@ def test_zoo_build_then_eval_the_built_model(tmp_path):
     assert res.exit_code == 1 and "nothing to resume" in res.stderr
 
 
+def test_zoo_build_other_architecture(tmp_path):
+    out = tmp_path / "small"
+    args = ["zoo", "build", "--out", str(out), "--steps", "2", "--n-layers", "1", "--n-heads", "2", "--d-model", "16", "--d-mlp", "32"]
+    res = runner.invoke(app, args + ["--json"])
+    assert res.exit_code == 0, res.output
+    meta = json.loads(res.stdout.strip().splitlines()[-1])
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["n_layers"], cfg["n_heads"], cfg["d_head"], cfg["d_model"], cfg["d_mlp"]) == (1, 2, 8, 16, 32)
+    assert meta["command"].endswith("--steps 2 --seed 0 --n-layers 1 --n-heads 2 --d-model 16 --d-mlp 32")
+    for bad, msg in ((["--d-model", "10", "--n-heads", "4"], "not divisible"), (["--n-layers", "0"], "n_layers must be positive")):
+        res = runner.invoke(app, ["zoo", "build", "--out", str(tmp_path / "bad"), "--steps", "2", *bad])
+        assert res.exit_code == 1 and msg in res.stderr and not (tmp_path / "bad" / "config.json").exists()
+
+
 def test_discover_single_model_json_and_files(tmp_path):
     res = runner.invoke(app, ["discover", "--task", "ioi", "--model", "tiny-dense", "--n-prompts", "12", "--out", str(tmp_path), "--json"])
     assert res.exit_code == 0, res.output

@@ -48,6 +48,19 @@ class PretrainConfig:
     log_every: int = 20
     heldout_sequences: int = 1024
 
+    def __post_init__(self) -> None:
+        for key in ("n_layers", "n_heads", "d_model", "d_mlp", "n_ctx", "steps", "batch_size"):
+            if getattr(self, key) <= 0:
+                raise CircuitryError(f"{key} must be positive, got {getattr(self, key)}")
+        if self.d_model % self.n_heads:
+            raise CircuitryError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+
+    def arch_flags(self) -> str:
+        """The ``circuitry zoo build`` options that set this architecture (none for the default one)."""
+        default = PretrainConfig()
+        keys = ("n_layers", "n_heads", "d_model", "d_mlp")
+        return "".join(f" --{k.replace('_', '-')} {getattr(self, k)}" for k in keys if getattr(self, k) != getattr(default, k))
+
     def arch(self, d_vocab: int) -> dict[str, Any]:
         return {
             "n_layers": self.n_layers, "d_model": self.d_model, "d_head": self.d_model // self.n_heads,
@@ -149,7 +162,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False, name: s
         "train_seconds": round(seconds, 1),
         "train_tokens": cfg.steps * cfg.batch_size * cfg.n_ctx,
         "pretrain_config": asdict(cfg),
-        "command": f"circuitry zoo build --name {name} --out {out} --steps {cfg.steps} --seed {cfg.seed}",
+        "command": f"circuitry zoo build --name {name} --out {out} --steps {cfg.steps} --seed {cfg.seed}{cfg.arch_flags()}",
         "torch_threads": torch.get_num_threads(),
     }
     save_model(model, out, meta)
