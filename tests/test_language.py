@@ -1,7 +1,13 @@
 """Synthetic language and tokenizer: determinism, coverage, round trips."""
 
+import hashlib
 import random
 
+import pytest
+
+from circuitry.errors import CircuitryError
+from circuitry.tasks import ioi
+from circuitry.tasks.words import LEXICON
 from circuitry.zoo.language import SyntheticLanguage
 from circuitry.zoo.tokenizer import BOS, UNK, build_vocab
 
@@ -22,6 +28,25 @@ def test_every_family_appears_at_its_rate():
     total = sum(weights)
     for name, w in lang.weights:
         assert abs(counts[name] / 20000 - w / total) < 0.015, name
+
+
+def test_ioi_subject_rate():
+    def subject_share(rate: float, n: int = 4000) -> float:
+        rng, hits = random.Random(0), 0
+        for _ in range(n):
+            words = ioi.sample_sentence(rng, LEXICON, subject_rate=rate).rstrip(".").split()
+            named = [w.strip(",") for w in words[:-1] if w.strip(",") in LEXICON.names]
+            assert len(set(named)) == 2 and words[-1] in named  # IO once, subject twice, then the answer
+            hits += named.count(words[-1]) == 2
+        return hits / n
+
+    assert subject_share(0.0) == 0.0 and abs(subject_share(0.2) - 0.2) < 0.02
+    # rate 0 is the shipped language the zoo was trained on: hash of its sentences taken before the option existed
+    shipped = "\n".join(SyntheticLanguage(ioi_subject_rate=0.0).sentences(0, 5000))
+    assert hashlib.sha256(shipped.encode()).hexdigest()[:16] == "d5081124f819c0eb"
+    assert SyntheticLanguage(ioi_subject_rate=0.2).sentences(3, 300) != SyntheticLanguage().sentences(3, 300)
+    with pytest.raises(CircuitryError, match="subject rate"):
+        SyntheticLanguage(ioi_subject_rate=0.5)
 
 
 def test_vocab_is_deterministic_and_covers_the_lexicon():

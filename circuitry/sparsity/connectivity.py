@@ -115,7 +115,7 @@ def connectivity_report(model, task=None, n: int = 256, seed: int = 1) -> Connec
     if n <= 0:
         raise CircuitryError(f"number of sequences must be positive, got {n}")
     if task is None:
-        stream = TokenStream(model.tokenizer)
+        stream = TokenStream.for_model(model)
         report = measure_connectivity(model, stream.heldout(n, model.cfg.n_ctx))
         report.ce = round(heldout_ce(model, stream, n), 5)
         return report

@@ -72,7 +72,7 @@ def sparsify(
     if cfg.lora_rank < 0:
         raise CircuitryError(f"LoRA rank must be >= 0 (0: no adapters), got {cfg.lora_rank}")
     ckpt = prepare_run_dir(out, resume, CHECKPOINT)
-    stream = TokenStream(model.tokenizer)
+    stream = TokenStream.for_model(model)
     dense_ce = heldout_ce(model, stream, cfg.heldout_sequences, length=ctx)
     target = cfg.target_ce if cfg.target_ce is not None else dense_ce * (1 + cfg.tolerance)
     gates = attach_gates(model, bias_init=cfg.bias_init, mode="train")
@@ -164,6 +164,8 @@ def sparsify(
         "command": f"circuitry sparsify --model {parent} --out {out} --steps {cfg.steps} --tolerance {cfg.tolerance} "
         f"--batch-size {cfg.batch_size} --lr {cfg.lr} --qk-lr {cfg.qk_lr} --bias-lr {cfg.bias_lr} --seed {cfg.seed}" + _scale_flags(cfg),
     }
+    if stream.language.ioi_subject_rate:  # the parent's non-default language, carried to the sparse model
+        meta["ioi_subject_rate"] = stream.language.ioi_subject_rate
     save_model(model, out, meta)
     ckpt.unlink(missing_ok=True)
     barrier()

@@ -44,12 +44,14 @@ def render(template: str, first: str, second: str, s2: str, place: str, obj: str
     return body.replace("[B]", s2).replace("[PLACE]", place).replace("[OBJECT]", obj)
 
 
-def sample_sentence(rng: random.Random, lex: Lexicon = LEXICON) -> str:
-    """A complete IOI sentence for the synthetic language (ABBA or BABA, answer included)."""
+def sample_sentence(rng: random.Random, lex: Lexicon = LEXICON, subject_rate: float = 0.0) -> str:
+    """A complete IOI sentence for the synthetic language (ABBA or BABA, answer included). With probability
+    ``subject_rate`` it ends with the subject instead (a less certain language; 0 draws nothing extra)."""
     io, s = rng.sample(lex.names, 2)
     first, second = (io, s) if rng.random() < 0.5 else (s, io)
     text = render(rng.choice(TEMPLATES), first, second, s, rng.choice(lex.places), rng.choice(lex.objects))
-    return f"{text} {io}."
+    end = s if subject_rate > 0 and rng.random() < subject_rate else io
+    return f"{text} {end}."
 
 
 class IOITask(Task):

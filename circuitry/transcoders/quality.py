@@ -64,7 +64,7 @@ def _ce(model, tokens: Tensor, hooks, batch_size: int) -> float:
 @torch.no_grad()
 def evaluate_clt(model, clt: CrossLayerTranscoder, n_sequences: int = 256, batch_size: int = 32, seq_len: int | None = None) -> CLTQuality:
     """All figures on ``n_sequences`` held-out sequences of ``seq_len`` tokens (default: the model's context)."""
-    tokens = TokenStream(model.tokenizer).heldout(n_sequences, seq_len or model.cfg.n_ctx)
+    tokens = TokenStream.for_model(model).heldout(n_sequences, seq_len or model.cfg.n_ctx)
     L = model.cfg.n_layers
     err = torch.zeros(L, dtype=torch.float64)
     sq = torch.zeros(L, dtype=torch.float64)

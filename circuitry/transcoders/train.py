@@ -117,7 +117,7 @@ def train_clt(model, out: str | Path, cfg: CLTTrainConfig, resume: bool = False,
     ckpt = prepare_run_dir(out, resume, CHECKPOINT)
     if (out / "config.yaml").exists():
         raise CircuitryError(f"{out} already holds a transcoder; choose another --out")
-    stream = TokenStream(model.tokenizer)
+    stream = TokenStream.for_model(model)
     torch.manual_seed(cfg.seed)
     clt = CrossLayerTranscoder(CLTConfig(model.cfg.n_layers, model.cfg.d_model, cfg.d_transcoder, cfg.cross_layer,
                                          feature_input_hook=input_hook(model)))  # fmt: skip

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
+from circuitry.errors import CircuitryError
 from circuitry.tasks import docstring, greater_than, induction, ioi, sva
 from circuitry.tasks.words import LEXICON, Lexicon
 
@@ -58,10 +60,15 @@ class SyntheticLanguage:
         ("filler", 0.22),
     )
     lexicon: Lexicon = LEXICON
+    ioi_subject_rate: float = 0.0  # share of IOI sentences that end with the subject (0: the shipped language)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.ioi_subject_rate < 0.5:
+            raise CircuitryError(f"IOI subject rate must be in [0, 0.5), got {self.ioi_subject_rate}")
 
     def families(self) -> dict[str, Callable[[random.Random, Lexicon], str]]:
         return {
-            "ioi": ioi.sample_sentence,
+            "ioi": partial(ioi.sample_sentence, subject_rate=self.ioi_subject_rate),
             "greater_than": greater_than.sample_sentence,
             "induction": induction.sample_sentence,
             "sva": sva.sample_sentence,
@@ -74,6 +81,11 @@ class SyntheticLanguage:
         names, weights = zip(*self.weights)
         family = rng.choices(names, weights=weights)[0]
         return self.families()[family](rng, self.lexicon)
+
+    @classmethod
+    def of(cls, model) -> "SyntheticLanguage":
+        """The language ``model`` was trained on, as recorded in its model directory (default: the shipped one)."""
+        return cls(ioi_subject_rate=getattr(model, "circuitry_info", {}).get("ioi_subject_rate", 0.0))
 
     def sentences(self, seed: int | str, n: int) -> list[str]:
         rng = random.Random(f"sentences|{seed}")

@@ -47,6 +47,7 @@ class PretrainConfig:
     checkpoint_every: int = 200
     log_every: int = 20
     heldout_sequences: int = 1024
+    ioi_subject_rate: float = 0.0  # language option (SyntheticLanguage.ioi_subject_rate); 0 = the shipped language
 
     def __post_init__(self) -> None:
         for key in ("n_layers", "n_heads", "d_model", "d_mlp", "n_ctx", "steps", "batch_size"):
@@ -54,11 +55,12 @@ class PretrainConfig:
                 raise CircuitryError(f"{key} must be positive, got {getattr(self, key)}")
         if self.d_model % self.n_heads:
             raise CircuitryError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        SyntheticLanguage(ioi_subject_rate=self.ioi_subject_rate)  # checks the rate before anything is written
 
-    def arch_flags(self) -> str:
-        """The ``circuitry zoo build`` options that set this architecture (none for the default one)."""
+    def flags(self) -> str:
+        """The ``circuitry zoo build`` options that set this architecture and language (none for the defaults)."""
         default = PretrainConfig()
-        keys = ("n_layers", "n_heads", "d_model", "d_mlp")
+        keys = ("n_layers", "n_heads", "d_model", "d_mlp", "ioi_subject_rate")
         return "".join(f" --{k.replace('_', '-')} {getattr(self, k)}" for k in keys if getattr(self, k) != getattr(default, k))
 
     def arch(self, d_vocab: int) -> dict[str, Any]:
@@ -84,6 +86,11 @@ class TokenStream:
         while len(ids) < length:
             ids += self.backend.encode(self.language.sentence(rng), add_special_tokens=False).ids
         return ids[:length]
+
+    @classmethod
+    def for_model(cls, model) -> "TokenStream":
+        """Text of the language ``model`` was trained on, in its tokenizer."""
+        return cls(model.tokenizer, SyntheticLanguage.of(model))
 
     def batch(self, key: str, size: int, length: int) -> Int[Tensor, "batch pos"]:
         rng = random.Random(key)
@@ -118,7 +125,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False, name: s
     out = Path(out)
     ckpt = prepare_run_dir(out, resume, CHECKPOINT)
     tokenizer = build_tokenizer()
-    stream = TokenStream(tokenizer)
+    stream = TokenStream(tokenizer, SyntheticLanguage(ioi_subject_rate=cfg.ioi_subject_rate))
     model = build_model(cfg.arch(len(tokenizer)), tokenizer, seed=cfg.seed)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -162,9 +169,11 @@ def pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False, name: s
         "train_seconds": round(seconds, 1),
         "train_tokens": cfg.steps * cfg.batch_size * cfg.n_ctx,
         "pretrain_config": asdict(cfg),
-        "command": f"circuitry zoo build --name {name} --out {out} --steps {cfg.steps} --seed {cfg.seed}{cfg.arch_flags()}",
+        "command": f"circuitry zoo build --name {name} --out {out} --steps {cfg.steps} --seed {cfg.seed}{cfg.flags()}",
         "torch_threads": torch.get_num_threads(),
     }
+    if cfg.ioi_subject_rate:  # a non-default language: later steps (sparsify, CLTs) read it back from here
+        meta["ioi_subject_rate"] = cfg.ioi_subject_rate
     save_model(model, out, meta)
     ckpt.unlink(missing_ok=True)
     model.cfg.model_name = name

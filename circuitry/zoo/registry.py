@@ -114,7 +114,9 @@ def load_model_dir(directory: str | Path, name: str | None = None):
         raise CircuitryError(f"{directory}: weights do not fit config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
     model.eval()
     model.cfg.model_name = name or directory.name
-    model.circuitry_info = {"name": model.cfg.model_name, "path": str(directory), "fingerprint": meta["fingerprint"]}
+    about = read_json(directory / "meta.json") if (directory / "meta.json").exists() else {}  # how it was trained
+    model.circuitry_info = {"name": model.cfg.model_name, "path": str(directory), "fingerprint": meta["fingerprint"],
+                            "ioi_subject_rate": about.get("ioi_subject_rate", 0.0)}  # fmt: skip
     return model
 
 
