@@ -16,7 +16,6 @@ from circuitry import get_task, load_model  # noqa: E402
 from circuitry.circuits import Graph, eap_scores, exact_edge_scores, faithfulness_curve  # noqa: E402
 
 N_EAP, N_EXACT, BATCH = 200, 20, 50
-KINDS = {"<q>": "q", "<k>": "k", "<v>": "v", "logits": "logits", "m": "mlp"}  # edge-name marker -> target kind
 SEED = int(sys.argv[1]) if len(sys.argv) > 1 else 0
 MODEL = sys.argv[2] if len(sys.argv) > 2 else "tiny-dense"
 
@@ -48,7 +47,7 @@ def main() -> None:
     with torch.no_grad():
         m_clean, m_corrupt = (task.metric(model(t), small).mean().item() for t in (small.clean, small.corrupt))
     print(f"metric (logit difference) clean {m_clean:.2f}, corrupted {m_corrupt:.2f}")
-    kinds = [KINDS[next(k for k in KINDS if n.endswith(k) or f"->{k}" in n)] for n in graph.edge_names]
+    kinds = [graph.target_channel(n) or ("logits" if n.endswith("logits") else "mlp") for n in graph.edge_names]
     print(f"Spearman vs exact ({N_EXACT} pairs, seed {SEED}; top-200 edges by |exact| / all edges):")
     methods = (("EAP", {"method": "eap"}), ("EAP-local", {"method": "eap-local"}), ("EAP-IG (5)", {"method": "eap-ig", "ig_steps": 5}),
                ("EAP-IG-node (3)", {"method": "eap-ig-node", "ig_steps": 3}))  # fmt: skip
@@ -59,7 +58,7 @@ def main() -> None:
         print(f"  {name:15s} same {N_EXACT} pairs: {rho[0]:.3f} / {rho[2]:.3f}", end="")
         print(f"   from {N_EAP} pairs (exact still from {N_EXACT}): {rho[1]:.3f} / {rho[3]:.3f}")
         print("    top-200 by target kind (count, Spearman, sum |score - exact| / sum |exact|):", end="")
-        for kind in dict.fromkeys(KINDS.values()):
+        for kind in ("q", "k", "v", "logits", "mlp"):
             idx = torch.tensor([i for i in top.tolist() if kinds[i] == kind])
             if len(idx) > 2:
                 err = (same[idx] - exact[idx]).abs().sum() / exact[idx].abs().sum()

@@ -163,6 +163,11 @@ class Graph:
         """``a2.h1<q>`` -> ``a2.h1``."""
         return target.split("<", 1)[0]
 
+    @staticmethod
+    def target_channel(target: str) -> str:
+        """``a2.h1<q>`` (or an edge name ending in it) -> ``q``; ``""`` for MLP and logits targets."""
+        return target[-2] if target.endswith(">") else ""
+
     def edge_nodes(self) -> tuple[list[str], list[str]]:
         """(source node, target node) name of every edge."""
         tnodes = [self.target_node(t) for t in self.targets]
@@ -210,8 +215,7 @@ class Graph:
         src, dst = self.edge_nodes()
         names, sc = self.edge_names, scores.tolist()
         for i in keep.nonzero().flatten().tolist():
-            ch = names[i][-2] if names[i].endswith(">") else ""
-            g.add_edge(src[i], dst[i], key=names[i], channel=ch, score=float(sc[i]), index=i)
+            g.add_edge(src[i], dst[i], key=names[i], channel=self.target_channel(names[i]), score=float(sc[i]), index=i)
         if edge_mask is not None:
             g.remove_nodes_from([n for n in list(g.nodes) if g.degree(n) == 0])
         return g

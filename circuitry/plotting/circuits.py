@@ -46,7 +46,7 @@ def circuit_graph(circuit, scores=None) -> go.Figure:
     fig = go.Figure()
     for i in idx:
         src, tgt = names[i].split("->")
-        ch = tgt[-2] if tgt.endswith(">") else ""
+        ch = graph.target_channel(tgt)
         (x0, y0), (x1, y1) = _node_xy(graph, src), _node_xy(graph, graph.target_node(tgt))
         s = float(scores[i]) if scores is not None else 1.0
         fig.add_trace(go.Scatter(x=[x0, x1], y=[y0, y1], mode="lines", showlegend=False, hoverinfo="text",
