@@ -10,6 +10,7 @@ from circuitry import get_task, load_model
 from circuitry.circuits import (
     Circuit,
     Graph,
+    budget_mask,
     eap_scores,
     exact_edge_scores,
     faithfulness,
@@ -274,6 +275,26 @@ def test_faithfulness_curve(dense, ioi):
     assert again.f == pytest.approx(p.f, abs=1e-5) and again.n_edges == p.n_edges
     assert faithfulness_curve(dense, batch, graph, scores, grid=[10, 100, 400, 1519], metric=task, refine=0).refined == []
     json.dumps(curve.to_dict())
+
+
+def test_curve_selections(dense, ioi, exact_ioi):
+    task, batch = ioi
+    graph, exact = exact_ioi
+    scores = torch.zeros(graph.n_edges)
+    scores[:3] = torch.tensor([-2.0, 5.0, -1.0])
+    assert budget_mask(graph, scores, 2, "signed").nonzero().flatten().tolist() == [0, 2]  # most negative first
+    assert torch.equal(budget_mask(graph, scores, 2, "abs"), top_n(graph, scores, 2))
+    assert torch.equal(budget_mask(graph, exact, 50, "greedy"), greedy(graph, exact, 50))
+    grid = [30, 400, graph.n_edges]
+    for selection in ("abs", "signed", "greedy"):
+        curve = faithfulness_curve(dense, batch, graph, exact, grid=grid, metric=task, refine=0, selection=selection)
+        f = [p.f for p in curve.points]
+        assert curve.selection == selection and f[-1] == pytest.approx(1, abs=1e-5)
+        mask = prune(graph, budget_mask(graph, exact, 400, selection))  # each point is a real patched run
+        assert faithfulness(dense, batch, graph, mask, metric=task).f == pytest.approx(f[1], abs=1e-5)
+        assert f[1] > 0.8, (selection, f)  # exact scores: the helpful edges carry the task under every rule
+    with pytest.raises(CircuitryError, match="unknown selection"):
+        faithfulness_curve(dense, batch, graph, exact, grid=grid, metric=task, selection="best")
 
 
 def test_gated_model():

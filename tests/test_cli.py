@@ -9,7 +9,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from circuitry import load_model
+from circuitry import get_task, load_model
 from circuitry.cli import app
 from circuitry.zoo.language import SyntheticLanguage
 from circuitry.zoo.registry import ZOO_DIR
@@ -134,6 +134,24 @@ def test_discover_single_model_json_and_files(tmp_path):
     done = sorted(m["faithfulness_curve"] + m["refined_points"])  # edges_at_0.9: where f stays >= 0.9
     assert m["edges_at_0.9"] == next(e for i, (e, _) in enumerate(done) if all(f >= 0.9 for _, f in done[i:]))
     assert (tmp_path / "circuit_tiny-dense.json").exists() and (tmp_path / "faithfulness_curves.html").exists()
+    assert (out["ablation"], out["selection"], m["ig_steps"]) == ("corrupt", "abs", None)
+
+
+def test_discover_options_reach_the_library():
+    """--ablation, --selection and --ig-steps change the run as the library call with the same arguments does."""
+    from circuitry.circuits import discover
+
+    args = ["--model", "tiny-dense", "--n-prompts", "8", "--method", "eap-ig", "--ig-steps", "2", "--ablation", "zero", "--selection", "greedy"]
+    res = runner.invoke(app, ["discover", *args, "--seed", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    m = out["models"]["tiny-dense"]
+    assert (out["ablation"], out["selection"], m["ig_steps"]) == ("zero", "greedy", 2)
+    model = load_model("tiny-dense")
+    ref = discover(model, get_task("ioi", model), "eap-ig", 8, 3, ablation="zero", ig_steps=2, selection="greedy").to_dict()
+    assert m["faithfulness_curve"] == ref["faithfulness_curve"] and m["edges_at_0.9"] == ref["edges_at_0.9"]
+    assert m["m_empty"] != pytest.approx(json.loads(runner.invoke(app, ["discover", *args[:8], "--seed", "3", "--json"]).stdout)
+                                          ["models"]["tiny-dense"]["m_empty"])  # zero ablation is not the corrupted run
 
 
 @pytest.mark.parametrize(
@@ -144,6 +162,9 @@ def test_discover_single_model_json_and_files(tmp_path):
         (["--corruption", "zzz", "--model", "tiny-dense"], "no corruption"),
         (["--method", "magic"], "unknown method"),
         (["--model", "no-such-model"], "unknown model"),
+        (["--ablation", "resample"], "unknown ablation"),
+        (["--selection", "best"], "unknown selection"),
+        (["--method", "eap-ig", "--ig-steps", "0"], "--ig-steps must be positive"),
     ],
 )
 def test_discover_bad_input(args, message):

@@ -22,10 +22,10 @@ from circuitry.circuits.graph import Graph, graph_flags, record_sources
 from circuitry.circuits.multihead import as_multi_head
 from circuitry.circuits.patching import ablated_sources, exact_edge_scores, patched_logits, run_with_edges
 from circuitry.circuits.scoring import eap_scores
-from circuitry.circuits.selection import Circuit, greedy, prune, select_circuit, threshold, top_n
+from circuitry.circuits.selection import Circuit, budget_mask, greedy, prune, select_circuit, threshold, top_n
 
 __all__ = [
     "discover", "compare", "as_multi_head", "Discovery", "METHODS", "Graph", "graph_flags", "record_sources", "eap_scores", "exact_edge_scores", "run_with_edges", "patched_logits",
-    "ablated_sources", "Circuit", "select_circuit", "top_n", "threshold", "greedy", "prune", "faithfulness",
+    "ablated_sources", "Circuit", "select_circuit", "top_n", "threshold", "greedy", "budget_mask", "prune", "faithfulness",
     "faithfulness_curve", "metric_means", "default_grid", "Faithfulness", "FaithfulnessCurve", "CurvePoint",
 ]  # fmt: skip

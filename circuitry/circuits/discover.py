@@ -19,7 +19,7 @@ from circuitry.circuits.graph import Graph
 from circuitry.circuits.multihead import as_multi_head
 from circuitry.circuits.patching import exact_edge_scores
 from circuitry.circuits.scoring import eap_scores
-from circuitry.circuits.selection import Circuit, prune, top_n
+from circuitry.circuits.selection import Circuit, budget_mask, prune
 from circuitry.errors import CircuitryError
 from circuitry.tasks.base import Task
 
@@ -36,18 +36,23 @@ class Discovery:
     scores: Float[Tensor, " edge"] = field(repr=False)
     curve: FaithfulnessCurve = field(repr=False)
     seconds: float = 0.0
+    ablation: str = "corrupt"
+    selection: str = "abs"
+    ig_steps: int | None = None  # integration steps of eap-ig / eap-ig-node (None for other methods)
 
     def circuit(self, target: float = 0.9) -> Circuit | None:
         """The circuit at the curve's sustained crossing of f >= target (None if f never stays there)."""
         best = self.curve.crossing(target)
         if best is None:
             return None
-        return Circuit.from_mask(self.graph, prune(self.graph, top_n(self.graph, self.scores, best.budget)), self.scores)
+        mask = budget_mask(self.graph, self.scores, best.budget, self.selection)
+        return Circuit.from_mask(self.graph, prune(self.graph, mask), self.scores)
 
     def to_dict(self) -> dict[str, Any]:
         c = self.curve
         return {
             "model": self.model, "task": self.task, "method": self.method, "n_prompts": self.n_prompts,
+            "ablation": self.ablation, "selection": self.selection, "ig_steps": self.ig_steps,
             "edges_total": self.graph.n_edges, "heads_total": self.graph.n_layers * self.graph.n_heads,
             "edges_at_0.9": c.edges_90, "heads_at_0.9": c.heads_90, "edges_at_0.8": c.edges_80, "heads_at_0.8": c.heads_80,
             "faithfulness_curve": [[p.n_edges, round(p.f, 5)] for p in c.points],
@@ -67,6 +72,7 @@ def discover(
     ig_steps: int = 5,
     grid_points: int = 16,
     batch_size: int | None = None,
+    selection: str = "abs",
 ) -> Discovery:
     """Score every edge with ``method``, then measure faithfulness of top-k circuits by patched forwards.
     ``batch_size`` None: as many prompts per batch as :func:`auto_batch_size` allows."""
@@ -84,10 +90,12 @@ def discover(
         scores = eap_scores(model, task, graph, method, ig_steps=ig_steps, ablation=ablation, n=n_prompts, seed=seed, batch_size=batch_size)
     scores = torch.nan_to_num(scores)
     curve = faithfulness_curve(
-        model, task, graph, scores, ablation, default_grid(graph.n_edges, grid_points), n=n_prompts, seed=seed + 1, batch_size=batch_size
+        model, task, graph, scores, ablation, default_grid(graph.n_edges, grid_points), n=n_prompts, seed=seed + 1, batch_size=batch_size,
+        selection=selection,
     )
     name = getattr(model.cfg, "model_name", "model")
-    return Discovery(name, task.name, method, n_prompts, graph, scores, curve, time.time() - t0)
+    steps = ig_steps if method.startswith("eap-ig") else None
+    return Discovery(name, task.name, method, n_prompts, graph, scores, curve, time.time() - t0, ablation, selection, steps)
 
 
 def auto_batch_size(model, task: Task, graph: Graph, n_prompts: int, seed: int = 0, budget_bytes: int = 2**30) -> int:

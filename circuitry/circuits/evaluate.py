@@ -4,7 +4,8 @@ f(C) = (m(C) - m(empty)) / (m(full) - m(empty)), m averaged over prompts: m(full
 (the clean run), m(empty) none (every node input reads ablated activations; with ``corrupt``
 ablation that is the corrupted run).
 
-Curve summaries over a grid of edge budgets k_1 < ... < k_n (top-k by |score|, then pruned), with
+Curve summaries over a grid of edge budgets k_1 < ... < k_n (top-k by |score| unless
+another ``selection`` is asked for, then pruned), with
 x_i = log10(k_i) and trapezoid areas normalised by the x range, so a circuit that is perfectly
 faithful at every budget scores CPR = 1 and CMD = 0:
 
@@ -24,7 +25,7 @@ from torch import Tensor
 
 from circuitry.circuits.graph import Graph
 from circuitry.circuits.patching import Ablation, Metric, ablated_sources, check_ablation, resolve_data, run_with_edges
-from circuitry.circuits.selection import Circuit, prune, top_n
+from circuitry.circuits.selection import CURVE_SELECTIONS, Circuit, budget_mask, prune
 from circuitry.errors import CircuitryError
 from circuitry.tasks.base import Task, TaskBatch
 
@@ -61,6 +62,7 @@ class FaithfulnessCurve:
     heads_90: int | None = None
     ablation: str = "corrupt"
     n_prompts: int = 0
+    selection: str = "abs"  # how each budget's edges were picked (selection.budget_mask)
     refined: list[CurvePoint] = field(default_factory=list)  # extra budgets bisected near f = 0.8 and 0.9
 
     def crossing(self, target: float) -> CurvePoint | None:
@@ -160,15 +162,20 @@ def faithfulness_curve(
     seed: int = 0,
     batch_size: int = 50,
     refine: int = 3,
+    selection: str = "abs",
 ) -> FaithfulnessCurve:
-    """Faithfulness of the pruned top-k-by-|score| circuits over a log-spaced grid of k.
+    """Faithfulness of the pruned k-edge circuits over a log-spaced grid of k.
 
+    ``selection`` picks the k edges: ``abs`` (top-k by |score|), ``signed`` (most negative scores first) or
+    ``greedy`` (grown from the logits); see :func:`~circuitry.circuits.selection.budget_mask`.
     ``scores`` defaults to ``graph.scores``; ``grid`` to :func:`default_grid`. Returns the points,
     CPR, CMD (module docstring) and the circuits where f reaches 0.8 and 0.9 for good (``crossing``); for those,
     ``refine`` bisection steps between grid budgets (extra patched runs, kept in ``refined``) narrow the
     edge count beyond the grid's spacing.
     """
     check_ablation(ablation)
+    if selection not in CURVE_SELECTIONS:
+        raise CircuitryError(f"unknown selection {selection!r}; choose from {', '.join(CURVE_SELECTIONS)}")
     graph.check_model(model)
     scores = graph.check_edge_vector(graph.scores if scores is None else scores, "scores")
     grid = default_grid(graph.n_edges) if grid is None else sorted({int(k) for k in grid})
@@ -182,7 +189,7 @@ def faithfulness_curve(
     known = {empty.numpy().tobytes(): m_empty, full.numpy().tobytes(): m_full}  # one patched run per distinct circuit
 
     def evaluate(budgets: Sequence[int]) -> list[CurvePoint]:
-        circuits = [Circuit.from_mask(graph, prune(graph, top_n(graph, scores, k))) for k in budgets]
+        circuits = [Circuit.from_mask(graph, prune(graph, budget_mask(graph, scores, k, selection))) for k in budgets]
         keys = [c.edge_mask.numpy().tobytes() for c in circuits]
         new = {k: c.edge_mask for k, c in zip(keys, circuits) if k not in known}
         known.update(zip(new, metric_means(model, batches, graph, list(new.values()), metric_fn, ablation, abls)))
@@ -193,7 +200,7 @@ def faithfulness_curve(
     f = [p.f for p in points]
     cpr, cmd = _log_area(grid, f), _log_area(grid, [abs(1 - v) for v in f])
     n_prompts = sum(len(b) for b in batches)
-    curve = FaithfulnessCurve(points, m_full, m_empty, cpr, cmd, ablation=ablation, n_prompts=n_prompts)
+    curve = FaithfulnessCurve(points, m_full, m_empty, cpr, cmd, ablation=ablation, n_prompts=n_prompts, selection=selection)
     for t in (0.8, 0.9):
         _bisect(curve, t, refine, evaluate)
     for t in (0.8, 0.9):  # after both: a point added for 0.9 may move the 0.8 crossing
