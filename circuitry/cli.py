@@ -172,120 +172,6 @@ def connectivity_cmd(
     ])  # fmt: skip
 
 
-def _discover_models(task: str, models: list[str], method: str, n_prompts: int, corruption: Optional[str], seed: int, out: Optional[Path],
-                     ablation: str = "corrupt", selection: str = "abs", ig_steps: int = 5):  # fmt: skip
-    from circuitry.circuits import METHODS, discover
-    from circuitry.circuits.patching import check_ablation
-    from circuitry.circuits.selection import CURVE_SELECTIONS
-    from circuitry.tasks import check_task_name, get_task
-    from circuitry.zoo.registry import load_model
-
-    if method not in METHODS:
-        raise CircuitryError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    if n_prompts <= 0:
-        raise CircuitryError(f"--n-prompts must be positive, got {n_prompts}")
-    if ig_steps < 1:
-        raise CircuitryError(f"--ig-steps must be positive, got {ig_steps}")
-    if selection not in CURVE_SELECTIONS:
-        raise CircuitryError(f"unknown selection {selection!r}; choose from {', '.join(CURVE_SELECTIONS)}")
-    check_ablation(ablation)
-    check_task_name(task)
-    results = {}
-    for name in models:
-        model = load_model(name)
-        model.cfg.model_name = name
-        t = get_task(task, model, corruption)
-        results[name] = discover(model, t, method, n_prompts, seed, ablation=ablation, ig_steps=ig_steps, selection=selection)
-    if out is not None:
-        _write_discovery(results, Path(out))
-    return results
-
-
-def _write_discovery(results: dict, out: Path) -> None:
-    from circuitry.artifacts import atomic_write_json
-    from circuitry.plotting import circuit_graph, faithfulness_curves, head_importance, save_figure
-
-    save_figure(faithfulness_curves(results), out / "faithfulness_curves")
-    for name, r in results.items():
-        stem = Path(name).name
-        circuit = r.circuit(0.9)
-        atomic_write_json(out / f"circuit_{stem}.json", {**r.to_dict(), "circuit_at_0.9": circuit.to_dict() if circuit else None})
-        save_figure(head_importance(r.graph, r.scores), out / f"head_importance_{stem}")
-        if circuit is not None:
-            save_figure(circuit_graph(circuit), out / f"circuit_{stem}")
-
-
-def _discovery_report(task: str, method: str, results: dict, pair: tuple[str, str] | None, as_json: bool) -> None:
-    from circuitry.circuits import compare
-
-    first = next(iter(results.values()))
-    obj = {"task": task, "method": method, "ablation": first.ablation, "selection": first.selection,
-           "models": {n: r.to_dict() for n, r in results.items()}}  # fmt: skip
-    lines = [f"{'model':<14} {'edges@0.9':>10} {'heads@0.9':>10} {'edges@0.8':>10} {'heads@0.8':>10} {'m(full)':>9} {'m(empty)':>9} {'CPR':>6} {'seconds':>8}"]
-    for n, r in results.items():
-        d = r.to_dict()
-        lines.append(f"{Path(n).name:<14} {str(d['edges_at_0.9']):>10} {str(d['heads_at_0.9']):>10} {str(d['edges_at_0.8']):>10} "
-                     f"{str(d['heads_at_0.8']):>10} {d['m_full']:>9.3f} {d['m_empty']:>9.3f} {d['cpr']:>6.3f} {d['seconds']:>8.1f}")  # fmt: skip
-    lines.append(f"(of {r.graph.n_edges} edges; {r.n_prompts} prompts to score, {r.n_prompts} fresh ones to evaluate; "
-                 f"{r.ablation} ablation, {r.selection} selection)")  # fmt: skip
-    if pair is not None:
-        ratios = compare(results, *pair)
-        obj.update(ratios)
-        lines.append(f"dense/sparse at f>=0.9: edges x{ratios['edge_ratio_at_0.9']}, heads x{ratios['head_ratio_at_0.9']}; "
-                     f"at f>=0.8: edges x{ratios['edge_ratio_at_0.8']}, heads x{ratios['head_ratio_at_0.8']}")  # fmt: skip
-    _emit(obj, as_json, lines)
-
-
-_METHOD_OPT = typer.Option("eap-local", "--method", help="eap-local (default), eap, eap-ig, eap-ig-node or exact.")
-_ABLATION_OPT = typer.Option("corrupt", "--ablation", help="What edges outside the circuit carry: corrupt, mean or zero.")
-_SELECTION_OPT = typer.Option("abs", "--selection", help="Edges kept per budget: abs (top by |score|), signed or greedy.")
-_IG_STEPS_OPT = typer.Option(5, "--ig-steps", help="Integration steps for eap-ig and eap-ig-node.")
-
-
-@app.command("discover")
-@one_line_errors
-def discover_cmd(
-    task: str = typer.Option("ioi", "--task", help="Built-in task or a .json/.jsonl file."),
-    model: Optional[str] = typer.Option(None, "--model", help="One model; default: tiny-sparse and its dense parent."),
-    method: str = _METHOD_OPT,
-    n_prompts: int = typer.Option(100, "--n-prompts"),
-    corruption: Optional[str] = typer.Option(None, "--corruption"),
-    seed: int = typer.Option(0, "--seed"),
-    ablation: str = _ABLATION_OPT,
-    selection: str = _SELECTION_OPT,
-    ig_steps: int = _IG_STEPS_OPT,
-    out: Optional[Path] = typer.Option(None, "--out", help="Write circuit JSON and HTML plots here."),
-    as_json: bool = typer.Option(False, "--json"),
-) -> None:
-    """Circuit discovery with faithfulness by patched forwards; dense vs sparse side by side by default."""
-    models = [model] if model else ["tiny-dense", "tiny-sparse"]
-    results = _discover_models(task, models, method, n_prompts, corruption, seed, out, ablation, selection, ig_steps)
-    _discovery_report(task, method, results, None if model else ("tiny-dense", "tiny-sparse"), as_json)
-
-
-@app.command("compare")
-@one_line_errors
-def compare_cmd(
-    task: str = typer.Option(..., "--task"),
-    dense: str = typer.Option("tiny-dense", "--dense"),
-    sparse: str = typer.Option("tiny-sparse", "--sparse"),
-    method: str = _METHOD_OPT,
-    n_prompts: int = typer.Option(100, "--n-prompts"),
-    corruption: Optional[str] = typer.Option(None, "--corruption"),
-    seed: int = typer.Option(0, "--seed"),
-    ablation: str = _ABLATION_OPT,
-    selection: str = _SELECTION_OPT,
-    ig_steps: int = _IG_STEPS_OPT,
-    out: Optional[Path] = typer.Option(None, "--out"),
-    as_json: bool = typer.Option(False, "--json"),
-) -> None:
-    """Edges and heads a circuit needs on a dense and a sparse model, and their ratio."""
-    if dense == sparse:
-        raise CircuitryError("--dense and --sparse name the same model")
-    results = _discover_models(task, [dense, sparse], method, n_prompts, corruption, seed, out, ablation, selection, ig_steps)
-    _discovery_report(task, method, results, (dense, sparse), as_json)
-
-
 @zoo_app.command("build")
 @one_line_errors
 def zoo_build_cmd(
@@ -312,8 +198,10 @@ def zoo_build_cmd(
     _emit(meta, as_json, [f"wrote {out}: held-out CE {meta['heldout_ce']:.4f} in {meta['train_seconds']:.0f} s"])
 
 
+from circuitry.cli_circuits import register as _register_circuit_commands  # noqa: E402
 from circuitry.cli_graphs import register as _register_graph_commands  # noqa: E402
 
+_register_circuit_commands(app, one_line_errors, _emit)
 _register_graph_commands(app, one_line_errors, _emit)
 
 

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 
@@ -134,7 +135,23 @@ def test_discover_single_model_json_and_files(tmp_path):
     done = sorted(m["faithfulness_curve"] + m["refined_points"])  # edges_at_0.9: where f stays >= 0.9
     assert m["edges_at_0.9"] == next(e for i, (e, _) in enumerate(done) if all(f >= 0.9 for _, f in done[i:]))
     assert (tmp_path / "circuit_tiny-dense.json").exists() and (tmp_path / "faithfulness_curves.html").exists()
-    assert (out["ablation"], out["selection"], m["ig_steps"]) == ("corrupt", "abs", None)
+    assert (out["ablation"], out["selection"], m["ig_steps"], out["seed"], m["seed"]) == ("corrupt", "abs", None, 0, 0)
+
+
+def test_compare_repeats_report_every_seed_and_the_median(tmp_path):
+    args = ["compare", "--task", "ioi", "--n-prompts", "8", "--method", "eap", "--json"]
+    res = runner.invoke(app, [*args, "--seed", "4", "--repeats", "3", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert [r["seed"] for r in out["per_seed"]] == [4, 5, 6] and out["models"] == out["per_seed"][0]["models"]
+    single = json.loads(runner.invoke(app, [*args, "--seed", "5"]).stdout)  # the same run as the second seed
+    assert single["models"]["tiny-sparse"]["faithfulness_curve"] == out["per_seed"][1]["models"]["tiny-sparse"]["faithfulness_curve"]
+    assert single["edge_ratio_at_0.9"] == out["per_seed"][1]["edge_ratio_at_0.9"]
+    for key in ("edge_ratio_at_0.9", "head_ratio_at_0.8"):
+        values = [r[key] for r in out["per_seed"] if r[key] is not None]
+        assert out["median"][key] == pytest.approx(statistics.median(values), abs=1e-3)
+        assert out["median"][f"undefined_{key}"] == 3 - len(values)
+    assert all((tmp_path / f"seed_{s}" / "faithfulness_curves.html").exists() for s in (4, 5, 6))
 
 
 def test_discover_options_reach_the_library():
@@ -165,6 +182,7 @@ def test_discover_options_reach_the_library():
         (["--ablation", "resample"], "unknown ablation"),
         (["--selection", "best"], "unknown selection"),
         (["--method", "eap-ig", "--ig-steps", "0"], "--ig-steps must be positive"),
+        (["--repeats", "0"], "--repeats must be positive"),
     ],
 )
 def test_discover_bad_input(args, message):

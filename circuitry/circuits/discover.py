@@ -6,6 +6,7 @@ so the curve is not evaluated on the prompts that chose the edges.
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,7 @@ class Discovery:
     ablation: str = "corrupt"
     selection: str = "abs"
     ig_steps: int | None = None  # integration steps of eap-ig / eap-ig-node (None for other methods)
+    seed: int = 0  # prompts to score; faithfulness is measured on seed + 1
 
     def circuit(self, target: float = 0.9) -> Circuit | None:
         """The circuit at the curve's sustained crossing of f >= target (None if f never stays there)."""
@@ -52,7 +54,7 @@ class Discovery:
         c = self.curve
         return {
             "model": self.model, "task": self.task, "method": self.method, "n_prompts": self.n_prompts,
-            "ablation": self.ablation, "selection": self.selection, "ig_steps": self.ig_steps,
+            "seed": self.seed, "ablation": self.ablation, "selection": self.selection, "ig_steps": self.ig_steps,
             "edges_total": self.graph.n_edges, "heads_total": self.graph.n_layers * self.graph.n_heads,
             "edges_at_0.9": c.edges_90, "heads_at_0.9": c.heads_90, "edges_at_0.8": c.edges_80, "heads_at_0.8": c.heads_80,
             "faithfulness_curve": [[p.n_edges, round(p.f, 5)] for p in c.points],
@@ -95,7 +97,7 @@ def discover(
     )
     name = getattr(model.cfg, "model_name", "model")
     steps = ig_steps if method.startswith("eap-ig") else None
-    return Discovery(name, task.name, method, n_prompts, graph, scores, curve, time.time() - t0, ablation, selection, steps)
+    return Discovery(name, task.name, method, n_prompts, graph, scores, curve, time.time() - t0, ablation, selection, steps, seed)
 
 
 def auto_batch_size(model, task: Task, graph: Graph, n_prompts: int, seed: int = 0, budget_bytes: int = 2**30) -> int:
@@ -107,6 +109,9 @@ def auto_batch_size(model, task: Task, graph: Graph, n_prompts: int, seed: int =
     return max(1, min(n_prompts, budget_bytes // per_prompt))
 
 
+RATIO_KEYS = tuple(f"{w}_ratio_at_{t}" for w in ("edge", "head") for t in ("0.9", "0.8"))
+
+
 def compare(results: dict[str, Discovery], dense: str, sparse: str) -> dict[str, float | None]:
     """Dense/sparse ratios of edges and heads needed for f >= 0.9 and 0.8 (None where undefined)."""
 
@@ -114,4 +119,16 @@ def compare(results: dict[str, Discovery], dense: str, sparse: str) -> dict[str,
         a, b = results[dense].to_dict()[key], results[sparse].to_dict()[key]
         return round(a / b, 3) if a and b else None
 
-    return {f"{w}_ratio_at_{t}": ratio(f"{w}s_at_{t}") for w in ("edge", "head") for t in ("0.9", "0.8")}
+    return {key: ratio(key.replace("_ratio_at_", "s_at_")) for key in RATIO_KEYS}
+
+
+def median_ratios(runs: list[dict[str, Any]]) -> dict[str, float | int | None]:
+    """Median of each ratio of :func:`compare` over several runs (e.g. prompt seeds), over the runs where it is
+    defined, with ``undefined_<key>`` counting the others. A median, not a mean: one seed whose curve crosses
+    late (a non-monotone curve) moves a mean of ratios far more than it moves the typical run."""
+    out: dict[str, float | int | None] = {}
+    for key in RATIO_KEYS:
+        values = [r[key] for r in runs if r.get(key) is not None]
+        out[key] = round(statistics.median(values), 3) if values else None
+        out[f"undefined_{key}"] = len(runs) - len(values)
+    return out

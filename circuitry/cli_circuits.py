@@ -1,0 +1,164 @@
+"""CLI commands for circuit discovery: ``discover`` and ``compare``. Registered on the main app by :func:`register`.
+
+With ``--repeats R`` both run on the prompt seeds ``seed .. seed + R - 1`` (each scores on one prompt set and
+evaluates on a fresh one) and report every seed's counts plus the median dense/sparse ratios: the crossing of a
+faithfulness curve moves with the prompts, so one seed's ratio is a noisy figure.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from circuitry.errors import CircuitryError
+
+_METHOD_OPT = typer.Option("eap-local", "--method", help="eap-local (default), eap, eap-ig, eap-ig-node or exact.")
+_ABLATION_OPT = typer.Option("corrupt", "--ablation", help="What edges outside the circuit carry: corrupt, mean or zero.")
+_SELECTION_OPT = typer.Option("abs", "--selection", help="Edges kept per budget: abs (top by |score|), signed or greedy.")
+_IG_STEPS_OPT = typer.Option(5, "--ig-steps", help="Integration steps for eap-ig and eap-ig-node.")
+_REPEATS_OPT = typer.Option(1, "--repeats", help="Run on seeds seed..seed+R-1; report each and the median ratios.")
+
+
+def _check_options(task: str, method: str, n_prompts: int, ablation: str, selection: str, ig_steps: int, repeats: int) -> None:
+    """Every option checked before a model is loaded, so bad input costs nothing and writes nothing."""
+    from circuitry.circuits import METHODS
+    from circuitry.circuits.patching import check_ablation
+    from circuitry.circuits.selection import CURVE_SELECTIONS
+    from circuitry.tasks import check_task_name
+
+    if method not in METHODS:
+        raise CircuitryError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    for flag, value in (("--n-prompts", n_prompts), ("--ig-steps", ig_steps), ("--repeats", repeats)):
+        if value <= 0:
+            raise CircuitryError(f"{flag} must be positive, got {value}")
+    if selection not in CURVE_SELECTIONS:
+        raise CircuitryError(f"unknown selection {selection!r}; choose from {', '.join(CURVE_SELECTIONS)}")
+    check_ablation(ablation)
+    check_task_name(task)
+
+
+def _discover_models(task: str, models: list[str], seeds: list[int], corruption: Optional[str], out: Optional[Path], **kw) -> list[dict]:
+    """One ``{model name: Discovery}`` per seed; each model is loaded once."""
+    from circuitry.circuits import discover
+    from circuitry.tasks import get_task
+    from circuitry.zoo.registry import load_model
+
+    runs: list[dict] = [{} for _ in seeds]
+    for name in models:
+        model = load_model(name)
+        model.cfg.model_name = name
+        t = get_task(task, model, corruption)
+        for run, seed in zip(runs, seeds):
+            run[name] = discover(model, t, kw["method"], kw["n_prompts"], seed, ablation=kw["ablation"], ig_steps=kw["ig_steps"],
+                                 selection=kw["selection"])  # fmt: skip
+    if out is not None:
+        for run, seed in zip(runs, seeds):
+            _write_discovery(run, Path(out) if len(seeds) == 1 else Path(out) / f"seed_{seed}")
+    return runs
+
+
+def _write_discovery(results: dict, out: Path) -> None:
+    from circuitry.artifacts import atomic_write_json
+    from circuitry.plotting import circuit_graph, faithfulness_curves, head_importance, save_figure
+
+    save_figure(faithfulness_curves(results), out / "faithfulness_curves")
+    for name, r in results.items():
+        stem = Path(name).name
+        circuit = r.circuit(0.9)
+        atomic_write_json(out / f"circuit_{stem}.json", {**r.to_dict(), "circuit_at_0.9": circuit.to_dict() if circuit else None})
+        save_figure(head_importance(r.graph, r.scores), out / f"head_importance_{stem}")
+        if circuit is not None:
+            save_figure(circuit_graph(circuit), out / f"circuit_{stem}")
+
+
+def _run_report(results: dict, pair: tuple[str, str] | None) -> tuple[dict, list[str]]:
+    """JSON object and table lines of one seed's run."""
+    from circuitry.circuits import compare
+
+    first = next(iter(results.values()))
+    obj = {"seed": first.seed, "models": {n: r.to_dict() for n, r in results.items()}}
+    lines = [f"{'model':<14} {'edges@0.9':>10} {'heads@0.9':>10} {'edges@0.8':>10} {'heads@0.8':>10} {'m(full)':>9} {'m(empty)':>9} {'CPR':>6} {'seconds':>8}"]
+    for n, d in obj["models"].items():
+        lines.append(f"{Path(n).name:<14} {str(d['edges_at_0.9']):>10} {str(d['heads_at_0.9']):>10} {str(d['edges_at_0.8']):>10} "
+                     f"{str(d['heads_at_0.8']):>10} {d['m_full']:>9.3f} {d['m_empty']:>9.3f} {d['cpr']:>6.3f} {d['seconds']:>8.1f}")  # fmt: skip
+    if pair is not None:
+        ratios = compare(results, *pair)
+        obj.update(ratios)
+        lines.append(f"dense/sparse at f>=0.9: edges x{ratios['edge_ratio_at_0.9']}, heads x{ratios['head_ratio_at_0.9']}; "
+                     f"at f>=0.8: edges x{ratios['edge_ratio_at_0.8']}, heads x{ratios['head_ratio_at_0.8']}")  # fmt: skip
+    return obj, lines
+
+
+def _discovery_report(task: str, method: str, runs: list[dict], pair: tuple[str, str] | None, as_json: bool, emit) -> None:
+    """One seed: the table and ``{"task", "method", "models", ratios}``. Several: each seed's table, then the
+    median ratios; JSON keeps the first seed's fields at the top level and adds ``per_seed`` and ``median``."""
+    from circuitry.circuits import median_ratios
+
+    reports = [_run_report(run, pair) for run in runs]
+    r = next(iter(runs[0].values()))
+    obj = {"task": task, "method": method, "ablation": r.ablation, "selection": r.selection, **reports[0][0]}
+    footer = (f"(of {r.graph.n_edges} edges; {r.n_prompts} prompts to score, {r.n_prompts} fresh ones to evaluate; "
+              f"{r.ablation} ablation, {r.selection} selection)")  # fmt: skip
+    if len(runs) == 1:
+        lines = reports[0][1][:-1] + [footer] + reports[0][1][-1:] if pair else reports[0][1] + [footer]
+    else:
+        lines = [line for o, ls in reports for line in [f"seed {o['seed']}:", *ls]] + [footer]
+        obj["per_seed"] = [o for o, _ in reports]
+        if pair is not None:
+            obj["median"] = median_ratios([o for o, _ in reports])
+            m = obj["median"]
+            lines.append(f"median over {len(runs)} seeds, dense/sparse at f>=0.9: edges x{m['edge_ratio_at_0.9']}, "
+                         f"heads x{m['head_ratio_at_0.9']}; at f>=0.8: edges x{m['edge_ratio_at_0.8']}, heads x{m['head_ratio_at_0.8']}")  # fmt: skip
+    emit(obj, as_json, lines)
+
+
+def register(app: typer.Typer, one_line_errors, emit) -> None:
+    @app.command("discover")
+    @one_line_errors
+    def discover_cmd(
+        task: str = typer.Option("ioi", "--task", help="Built-in task or a .json/.jsonl file."),
+        model: Optional[str] = typer.Option(None, "--model", help="One model; default: tiny-sparse and its dense parent."),
+        method: str = _METHOD_OPT,
+        n_prompts: int = typer.Option(100, "--n-prompts"),
+        corruption: Optional[str] = typer.Option(None, "--corruption"),
+        seed: int = typer.Option(0, "--seed"),
+        ablation: str = _ABLATION_OPT,
+        selection: str = _SELECTION_OPT,
+        ig_steps: int = _IG_STEPS_OPT,
+        repeats: int = _REPEATS_OPT,
+        out: Optional[Path] = typer.Option(None, "--out", help="Write circuit JSON and HTML plots here."),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Circuit discovery with faithfulness by patched forwards; dense vs sparse side by side by default."""
+        _check_options(task, method, n_prompts, ablation, selection, ig_steps, repeats)
+        models = [model] if model else ["tiny-dense", "tiny-sparse"]
+        runs = _discover_models(task, models, list(range(seed, seed + repeats)), corruption, out, method=method,
+                                n_prompts=n_prompts, ablation=ablation, selection=selection, ig_steps=ig_steps)  # fmt: skip
+        _discovery_report(task, method, runs, None if model else ("tiny-dense", "tiny-sparse"), as_json, emit)
+
+    @app.command("compare")
+    @one_line_errors
+    def compare_cmd(
+        task: str = typer.Option(..., "--task"),
+        dense: str = typer.Option("tiny-dense", "--dense"),
+        sparse: str = typer.Option("tiny-sparse", "--sparse"),
+        method: str = _METHOD_OPT,
+        n_prompts: int = typer.Option(100, "--n-prompts"),
+        corruption: Optional[str] = typer.Option(None, "--corruption"),
+        seed: int = typer.Option(0, "--seed"),
+        ablation: str = _ABLATION_OPT,
+        selection: str = _SELECTION_OPT,
+        ig_steps: int = _IG_STEPS_OPT,
+        repeats: int = _REPEATS_OPT,
+        out: Optional[Path] = typer.Option(None, "--out"),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Edges and heads a circuit needs on a dense and a sparse model, and their ratio."""
+        if dense == sparse:
+            raise CircuitryError("--dense and --sparse name the same model")
+        _check_options(task, method, n_prompts, ablation, selection, ig_steps, repeats)
+        runs = _discover_models(task, [dense, sparse], list(range(seed, seed + repeats)), corruption, out, method=method,
+                                n_prompts=n_prompts, ablation=ablation, selection=selection, ig_steps=ig_steps)  # fmt: skip
+        _discovery_report(task, method, runs, (dense, sparse), as_json, emit)
