@@ -87,7 +87,8 @@ def _run_report(results: dict, pair: tuple[str, str] | None) -> tuple[dict, list
         ratios = compare(results, *pair)
         obj.update(ratios)
         lines.append(f"dense/sparse at f>=0.9: edges x{ratios['edge_ratio_at_0.9']}, heads x{ratios['head_ratio_at_0.9']}; "
-                     f"at f>=0.8: edges x{ratios['edge_ratio_at_0.8']}, heads x{ratios['head_ratio_at_0.8']}")  # fmt: skip
+                     f"at f>=0.8: edges x{ratios['edge_ratio_at_0.8']}, heads x{ratios['head_ratio_at_0.8']}; "
+                     f"the f>=0.9 circuits share {ratios['shared_edges_at_0.9']} edges and {ratios['shared_heads_at_0.9']} heads")  # fmt: skip
     return obj, lines
 
 

@@ -152,6 +152,12 @@ def test_compare_repeats_report_every_seed_and_the_median(tmp_path):
         assert out["median"][key] == pytest.approx(statistics.median(values), abs=1e-3)
         assert out["median"][f"undefined_{key}"] == 3 - len(values)
     assert all((tmp_path / f"seed_{s}" / "faithfulness_curves.html").exists() for s in (4, 5, 6))
+    for run in out["per_seed"]:  # shared edges / heads: the intersection of the two written f >= 0.9 circuits
+        c = [json.loads((tmp_path / f"seed_{run['seed']}" / f"circuit_{m}.json").read_text())["circuit_at_0.9"] for m in ("tiny-dense", "tiny-sparse")]
+        if c[0] and c[1]:
+            assert run["shared_edges_at_0.9"] == len(set(c[0]["edges"]) & set(c[1]["edges"])) > 0
+            heads = [{n for n in x["nodes"] if n.startswith("a")} for x in c]
+            assert run["shared_heads_at_0.9"] == len(heads[0] & heads[1])
 
 
 def test_discover_options_reach_the_library():

@@ -112,14 +112,19 @@ def auto_batch_size(model, task: Task, graph: Graph, n_prompts: int, seed: int =
 RATIO_KEYS = tuple(f"{w}_ratio_at_{t}" for w in ("edge", "head") for t in ("0.9", "0.8"))
 
 
-def compare(results: dict[str, Discovery], dense: str, sparse: str) -> dict[str, float | None]:
-    """Dense/sparse ratios of edges and heads needed for f >= 0.9 and 0.8 (None where undefined)."""
+def compare(results: dict[str, Discovery], dense: str, sparse: str) -> dict[str, float | int | None]:
+    """Dense/sparse ratios of edges and heads needed for f >= 0.9 and 0.8 (None where undefined), and how many
+    edges and heads the two f >= 0.9 circuits share (by name; None unless both reach 0.9)."""
 
     def ratio(key: str) -> float | None:
         a, b = results[dense].to_dict()[key], results[sparse].to_dict()[key]
         return round(a / b, 3) if a and b else None
 
-    return {key: ratio(key.replace("_ratio_at_", "s_at_")) for key in RATIO_KEYS}
+    out: dict[str, float | int | None] = {key: ratio(key.replace("_ratio_at_", "s_at_")) for key in RATIO_KEYS}
+    a, b = results[dense].circuit(0.9), results[sparse].circuit(0.9)
+    out["shared_edges_at_0.9"] = len(set(a.edges) & set(b.edges)) if a and b else None
+    out["shared_heads_at_0.9"] = len(set(a.heads) & set(b.heads)) if a and b else None
+    return out
 
 
 def median_ratios(runs: list[dict[str, Any]]) -> dict[str, float | int | None]:
