@@ -39,7 +39,8 @@ def _check_options(task: str, method: str, n_prompts: int, ablation: str, select
     check_task_name(task)
 
 
-def _discover_models(task: str, models: list[str], seeds: list[int], corruption: Optional[str], out: Optional[Path], **kw) -> list[dict]:
+def _discover_models(task: str, models: list[str], seeds: list[int], corruption: Optional[str], out: Optional[Path], *, method: str,
+                     n_prompts: int, ablation: str, selection: str, ig_steps: int) -> list[dict]:  # fmt: skip
     """One ``{model name: Discovery}`` per seed; each model is loaded once."""
     from circuitry.circuits import discover
     from circuitry.tasks import get_task
@@ -51,8 +52,7 @@ def _discover_models(task: str, models: list[str], seeds: list[int], corruption:
         model.cfg.model_name = name
         t = get_task(task, model, corruption)
         for run, seed in zip(runs, seeds):
-            run[name] = discover(model, t, kw["method"], kw["n_prompts"], seed, ablation=kw["ablation"], ig_steps=kw["ig_steps"],
-                                 selection=kw["selection"])  # fmt: skip
+            run[name] = discover(model, t, method, n_prompts, seed, ablation=ablation, ig_steps=ig_steps, selection=selection)
     if out is not None:
         for run, seed in zip(runs, seeds):
             _write_discovery(run, Path(out) if len(seeds) == 1 else Path(out) / f"seed_{seed}")
@@ -73,8 +73,8 @@ def _write_discovery(results: dict, out: Path) -> None:
             save_figure(circuit_graph(circuit), out / f"circuit_{stem}")
 
 
-def _run_report(results: dict, pair: tuple[str, str] | None) -> tuple[dict, list[str]]:
-    """JSON object and table lines of one seed's run."""
+def _run_report(results: dict, pair: tuple[str, str] | None) -> tuple[dict, list[str], list[str]]:
+    """JSON object, table lines and (with a pair) the ratio line of one seed's run."""
     from circuitry.circuits import compare
 
     first = next(iter(results.values()))
@@ -83,13 +83,14 @@ def _run_report(results: dict, pair: tuple[str, str] | None) -> tuple[dict, list
     for n, d in obj["models"].items():
         lines.append(f"{Path(n).name:<14} {str(d['edges_at_0.9']):>10} {str(d['heads_at_0.9']):>10} {str(d['edges_at_0.8']):>10} "
                      f"{str(d['heads_at_0.8']):>10} {d['m_full']:>9.3f} {d['m_empty']:>9.3f} {d['cpr']:>6.3f} {d['seconds']:>8.1f}")  # fmt: skip
+    ratio_line = []
     if pair is not None:
         ratios = compare(results, *pair)
         obj.update(ratios)
-        lines.append(f"dense/sparse at f>=0.9: edges x{ratios['edge_ratio_at_0.9']}, heads x{ratios['head_ratio_at_0.9']}; "
+        ratio_line.append(f"dense/sparse at f>=0.9: edges x{ratios['edge_ratio_at_0.9']}, heads x{ratios['head_ratio_at_0.9']}; "
                      f"at f>=0.8: edges x{ratios['edge_ratio_at_0.8']}, heads x{ratios['head_ratio_at_0.8']}; "
                      f"the f>=0.9 circuits share {ratios['shared_edges_at_0.9']} edges and {ratios['shared_heads_at_0.9']} heads")  # fmt: skip
-    return obj, lines
+    return obj, lines, ratio_line
 
 
 def _discovery_report(task: str, method: str, runs: list[dict], pair: tuple[str, str] | None, as_json: bool, emit) -> None:
@@ -103,12 +104,12 @@ def _discovery_report(task: str, method: str, runs: list[dict], pair: tuple[str,
     footer = (f"(of {r.graph.n_edges} edges; {r.n_prompts} prompts to score, {r.n_prompts} fresh ones to evaluate; "
               f"{r.ablation} ablation, {r.selection} selection)")  # fmt: skip
     if len(runs) == 1:
-        lines = reports[0][1][:-1] + [footer] + reports[0][1][-1:] if pair else reports[0][1] + [footer]
+        lines = reports[0][1] + [footer] + reports[0][2]
     else:
-        lines = [line for o, ls in reports for line in [f"seed {o['seed']}:", *ls]] + [footer]
-        obj["per_seed"] = [o for o, _ in reports]
+        lines = [line for o, table, ratio in reports for line in [f"seed {o['seed']}:", *table, *ratio]] + [footer]
+        obj["per_seed"] = [o for o, _, _ in reports]
         if pair is not None:
-            obj["median"] = median_ratios([o for o, _ in reports])
+            obj["median"] = median_ratios(obj["per_seed"])
             m = obj["median"]
             lines.append(f"median over {len(runs)} seeds, dense/sparse at f>=0.9: edges x{m['edge_ratio_at_0.9']}, "
                          f"heads x{m['head_ratio_at_0.9']}; at f>=0.8: edges x{m['edge_ratio_at_0.8']}, heads x{m['head_ratio_at_0.8']}")  # fmt: skip
