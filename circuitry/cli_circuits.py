@@ -25,7 +25,7 @@ def _check_options(task: str, method: str, n_prompts: int, ablation: str, select
     """Every option checked before a model is loaded, so bad input costs nothing and writes nothing."""
     from circuitry.circuits import METHODS
     from circuitry.circuits.patching import check_ablation
-    from circuitry.circuits.selection import CURVE_SELECTIONS
+    from circuitry.circuits.selection import check_selection
     from circuitry.tasks import check_task_name
 
     if method not in METHODS:
@@ -33,8 +33,7 @@ def _check_options(task: str, method: str, n_prompts: int, ablation: str, select
     for flag, value in (("--n-prompts", n_prompts), ("--ig-steps", ig_steps), ("--repeats", repeats)):
         if value <= 0:
             raise CircuitryError(f"{flag} must be positive, got {value}")
-    if selection not in CURVE_SELECTIONS:
-        raise CircuitryError(f"unknown selection {selection!r}; choose from {', '.join(CURVE_SELECTIONS)}")
+    check_selection(selection)
     check_ablation(ablation)
     check_task_name(task)
 

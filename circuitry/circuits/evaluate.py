@@ -25,7 +25,7 @@ from torch import Tensor
 
 from circuitry.circuits.graph import Graph
 from circuitry.circuits.patching import Ablation, Metric, ablated_sources, check_ablation, resolve_data, run_with_edges
-from circuitry.circuits.selection import CURVE_SELECTIONS, Circuit, budget_mask, prune
+from circuitry.circuits.selection import Circuit, budget_mask, check_selection, prune
 from circuitry.errors import CircuitryError
 from circuitry.tasks.base import Task, TaskBatch
 
@@ -174,8 +174,7 @@ def faithfulness_curve(
     edge count beyond the grid's spacing.
     """
     check_ablation(ablation)
-    if selection not in CURVE_SELECTIONS:
-        raise CircuitryError(f"unknown selection {selection!r}; choose from {', '.join(CURVE_SELECTIONS)}")
+    check_selection(selection)
     graph.check_model(model)
     scores = graph.check_edge_vector(graph.scores if scores is None else scores, "scores")
     grid = default_grid(graph.n_edges) if grid is None else sorted({int(k) for k in grid})

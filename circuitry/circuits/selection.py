@@ -146,19 +146,21 @@ def greedy(graph: Graph, scores: Float[Tensor, " edge"], n: int, absolute: bool 
 CURVE_SELECTIONS = ("abs", "signed", "greedy")
 
 
+def check_selection(selection: str) -> None:
+    if selection not in CURVE_SELECTIONS:
+        raise CircuitryError(f"unknown selection {selection!r}; choose from {', '.join(CURVE_SELECTIONS)}")
+
+
 def budget_mask(graph: Graph, scores: Float[Tensor, " edge"], k: int, selection: str = "abs") -> Bool[Tensor, " edge"]:
     """The ``k`` edges a faithfulness curve keeps at budget ``k`` (before pruning).
 
     ``abs``: top-k by |score|. ``signed``: the k most negative scores first, i.e. the edges whose ablation lowers
     the metric most (scores estimate m(edge ablated) - m(clean), so edges that help the task score below 0).
     ``greedy``: grown from the logits by |score| (:func:`greedy`)."""
-    if selection == "abs":
-        return top_n(graph, scores, k)
+    check_selection(selection)
     if selection == "signed":
         return top_n(graph, -graph.check_edge_vector(scores, "scores"), k, absolute=False)
-    if selection == "greedy":
-        return greedy(graph, scores, k)
-    raise CircuitryError(f"unknown selection {selection!r}; choose from {', '.join(CURVE_SELECTIONS)}")
+    return greedy(graph, scores, k) if selection == "greedy" else top_n(graph, scores, k)
 
 
 def select_circuit(
