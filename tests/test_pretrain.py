@@ -7,7 +7,9 @@ import torch
 
 from circuitry.artifacts import load_tensors
 from circuitry.errors import CircuitryError
-from circuitry.zoo.pretrain import CHECKPOINT, LOG, PretrainConfig, pretrain
+from circuitry.zoo.pretrain import CHECKPOINT, LOG, PretrainConfig, dropout_hooks, pretrain
+from circuitry.zoo.registry import build_model
+from circuitry.zoo.tokenizer import build_tokenizer
 
 TINY = dict(n_layers=1, n_heads=2, d_model=32, d_mlp=64, n_ctx=32, batch_size=8, lr=1e-2, warmup=2, heldout_sequences=16)
 
@@ -22,8 +24,9 @@ def test_few_steps_lower_the_loss(tmp_path):
     assert not (tmp_path / "m" / CHECKPOINT).exists()
 
 
-def test_interrupted_run_resumes_to_identical_weights(tmp_path, monkeypatch):
-    cfg = PretrainConfig(steps=6, checkpoint_every=3, **TINY)
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_interrupted_run_resumes_to_identical_weights(tmp_path, monkeypatch, dropout):
+    cfg = PretrainConfig(steps=6, checkpoint_every=3, dropout=dropout, **TINY)  # dropout draws from the saved RNG
     pretrain(cfg, tmp_path / "full", progress=False)
 
     import circuitry.zoo.pretrain as pt
@@ -46,3 +49,28 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path, monkeypatch):
     b, _ = load_tensors(tmp_path / "cut" / "model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_dropout_hooks_drop_gpt2_sites_at_rate_p():
+    tokenizer = build_tokenizer()
+    cfg = PretrainConfig(**TINY)
+    model = build_model(cfg.arch(len(tokenizer)), tokenizer, seed=0)
+    tokens = torch.randint(0, len(tokenizer), (16, 32))
+    assert dropout_hooks(model, 0.0) == []
+    with pytest.raises(CircuitryError, match="dropout"):
+        PretrainConfig(dropout=1.0)
+    _, clean = model.run_with_cache(tokens, names_filter="blocks.0.hook_resid_pre")
+    torch.manual_seed(0)
+    p, seen = 0.25, {}
+    with model.hooks(fwd_hooks=dropout_hooks(model, p)):
+        _, dropped = model.run_with_cache(tokens)
+    x, ref = dropped["blocks.0.hook_resid_pre"], clean["blocks.0.hook_resid_pre"]
+    kept = x != 0
+    assert abs(1 - kept.float().mean().item() - p) < 0.02  # 16 x 32 x 32 entries
+    assert torch.allclose(x[kept], ref[kept] / (1 - p))  # inverted dropout: survivors scaled by 1 / (1 - p)
+    causal = torch.ones(32, 32).tril().bool()  # the pattern is 0 above the diagonal before any dropout
+    for name in ("blocks.0.attn.hook_pattern", "blocks.0.hook_attn_out", "blocks.0.hook_mlp_out"):
+        x = dropped[name][..., causal] if name.endswith("pattern") else dropped[name]
+        seen[name] = (x == 0).float().mean().item()
+        assert abs(seen[name] - p) < 0.03, seen
+    assert not model.hook_dict["blocks.0.hook_mlp_out"]._forward_hooks  # removed after the block

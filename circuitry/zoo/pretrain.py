@@ -48,6 +48,7 @@ class PretrainConfig:
     log_every: int = 20
     heldout_sequences: int = 1024
     ioi_subject_rate: float = 0.0  # language option (SyntheticLanguage.ioi_subject_rate); 0 = the shipped language
+    dropout: float = 0.0  # GPT-2-style dropout while training (embeddings, attention pattern, attn/MLP outputs)
 
     def __post_init__(self) -> None:
         for key in ("n_layers", "n_heads", "d_model", "d_mlp", "n_ctx", "steps", "batch_size"):
@@ -55,12 +56,14 @@ class PretrainConfig:
                 raise CircuitryError(f"{key} must be positive, got {getattr(self, key)}")
         if self.d_model % self.n_heads:
             raise CircuitryError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise CircuitryError(f"dropout must be in [0, 1), got {self.dropout}")
         SyntheticLanguage(ioi_subject_rate=self.ioi_subject_rate)  # checks the rate before anything is written
 
     def flags(self) -> str:
         """The ``circuitry zoo build`` options that set this architecture and language (none for the defaults)."""
         default = PretrainConfig()
-        keys = ("n_layers", "n_heads", "d_model", "d_mlp", "ioi_subject_rate")
+        keys = ("n_layers", "n_heads", "d_model", "d_mlp", "ioi_subject_rate", "dropout")
         return "".join(f" --{k.replace('_', '-')} {getattr(self, k)}" for k in keys if getattr(self, k) != getattr(default, k))
 
     def arch(self, d_vocab: int) -> dict[str, Any]:
@@ -113,6 +116,23 @@ def heldout_ce(model, stream: TokenStream, n: int = 256, batch_size: int = 64, l
     return sum(l * s for l, s in zip(losses, sizes)) / n
 
 
+def dropout_hooks(model, p: float) -> list[tuple[Any, Any]]:
+    """Forward hooks applying GPT-2's dropout sites (embd / attn / resid pdrop) to a HookedTransformer.
+
+    TransformerLens models have no dropout modules, so training-time dropout goes in through hook
+    points: the embeddings entering block 0, every attention pattern (after the softmax) and every
+    attention and MLP output before it joins the residual stream. Empty for ``p == 0``.
+    """
+    if p == 0:
+        return []
+
+    def drop(x: Tensor, hook) -> Tensor:
+        return torch.nn.functional.dropout(x, p, training=True)
+
+    sites = ("hook_pattern", "hook_attn_out", "hook_mlp_out")
+    return [("blocks.0.hook_resid_pre", drop), (lambda name: name.endswith(sites), drop)]
+
+
 def lr_at(cfg: PretrainConfig, step: int) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
@@ -134,31 +154,34 @@ def pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False, name: s
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=(0.9, 0.98),
     )  # fmt: skip
-    start, elapsed = 0, 0.0
-    if resume:
-        start, state = resume_run(ckpt, model, opt, asdict(cfg))
-        trim_log(out / LOG, start)
-        elapsed = state.get("elapsed", 0.0)
-    t0 = time.time() - elapsed
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"pretrain {name}", disable=not progress)
-    with open(out / LOG, "a" if resume else "w") as log:
-        for step in bar:
-            for g in opt.param_groups:
-                g["lr"] = lr_at(cfg, step)
-            loss = model(stream.train_batch(cfg.seed, step, cfg.batch_size, cfg.n_ctx), return_type="loss")
-            if not torch.isfinite(loss):
-                raise CircuitryError(f"non-finite loss at step {step}; last good checkpoint kept at {ckpt}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            if step % cfg.log_every == 0 or step == cfg.steps - 1:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-                rec = {"step": step, "loss": round(loss.item(), 5), "lr": lr_at(cfg, step), "seconds": round(time.time() - t0, 1)}
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
-            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-                save_checkpoint(ckpt, model, opt, step + 1, {"config": asdict(cfg), "elapsed": time.time() - t0})
+    with torch.random.fork_rng():  # dropout masks come from a seeded RNG (restored on resume); the caller's is kept
+        torch.manual_seed(cfg.seed)
+        start, elapsed = 0, 0.0
+        if resume:
+            start, state = resume_run(ckpt, model, opt, asdict(cfg))
+            trim_log(out / LOG, start)
+            elapsed = state.get("elapsed", 0.0)
+        t0 = time.time() - elapsed
+        bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"pretrain {name}", disable=not progress)
+        with open(out / LOG, "a" if resume else "w") as log:
+            for step in bar:
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(cfg, step)
+                with model.hooks(fwd_hooks=dropout_hooks(model, cfg.dropout)):
+                    loss = model(stream.train_batch(cfg.seed, step, cfg.batch_size, cfg.n_ctx), return_type="loss")
+                if not torch.isfinite(loss):
+                    raise CircuitryError(f"non-finite loss at step {step}; last good checkpoint kept at {ckpt}")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                if step % cfg.log_every == 0 or step == cfg.steps - 1:
+                    bar.set_postfix(loss=f"{loss.item():.3f}")
+                    rec = {"step": step, "loss": round(loss.item(), 5), "lr": lr_at(cfg, step), "seconds": round(time.time() - t0, 1)}
+                    log.write(json.dumps(rec) + "\n")
+                    log.flush()
+                if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+                    save_checkpoint(ckpt, model, opt, step + 1, {"config": asdict(cfg), "elapsed": time.time() - t0})
     model.eval()
     seconds = time.time() - t0
     ce = heldout_ce(model, stream, cfg.heldout_sequences)
