@@ -103,7 +103,7 @@ def sparsify_cmd(
     activation_checkpointing: bool = typer.Option(False, "--activation-checkpointing", help="Recompute block activations in the backward pass."),
     lora_rank: int = typer.Option(0, "--lora-rank", help="0: train all weights; r > 0: rank-r LoRA on attention and MLP weights."),
     lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help="LoRA scale alpha / r (default alpha = r)."),
-    name: str = typer.Option("tiny-sparse", "--name"),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name in meta.json (default: the --out folder's name)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in --out."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write training-curve and connectivity plots."),
     as_json: bool = typer.Option(False, "--json"),
@@ -122,7 +122,7 @@ def sparsify_cmd(
     cfg = SparsifyConfig(steps=steps, tolerance=tolerance, batch_size=batch_size, lr=lr, qk_lr=qk_lr, bias_lr=bias_lr, seed=seed,
                          seq_len=seq_len, grad_accum=grad_accum, precision=precision, activation_checkpointing=activation_checkpointing,
                          lora_rank=lora_rank, lora_alpha=lora_alpha)  # fmt: skip
-    sparse, meta = sparsify(dense, out, cfg, resume=resume, name=name, parent=model)
+    sparse, meta = sparsify(dense, out, cfg, resume=resume, name=name or out.name, parent=model)
     if meta is None:  # not rank 0 of a torchrun job
         return
     if plots:
@@ -176,7 +176,7 @@ def connectivity_cmd(
 @one_line_errors
 def zoo_build_cmd(
     out: Path = typer.Option(Path("runs/tiny-dense"), "--out", help="Output model directory."),
-    name: str = typer.Option("tiny-dense", "--name"),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name in meta.json (default: the --out folder's name)."),
     steps: int = typer.Option(2500, "--steps"),
     seed: int = typer.Option(0, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in --out."),
@@ -194,7 +194,7 @@ def zoo_build_cmd(
 
     cfg = PretrainConfig(n_layers=n_layers, n_heads=n_heads, d_model=d_model, d_mlp=d_mlp, steps=steps, seed=seed,
                          ioi_subject_rate=ioi_subject_rate, dropout=dropout)  # fmt: skip
-    pretrain(cfg, out, resume=resume, name=name)
+    pretrain(cfg, out, resume=resume, name=name or out.name)
     meta = read_json(out / "meta.json")
     _emit(meta, as_json, [f"wrote {out}: held-out CE {meta['heldout_ce']:.4f} in {meta['train_seconds']:.0f} s"])
 

@@ -77,7 +77,7 @@ def test_sparsify_and_connectivity_commands(tmp_path):
     res = runner.invoke(app, ["sparsify", "--out", str(out), "--steps", "2", "--json"])
     assert res.exit_code == 0, res.output
     meta = json.loads(res.stdout.strip().splitlines()[-1])
-    assert meta["kind"] == "sparse" and meta["parent"] == "tiny-dense"
+    assert meta["kind"] == "sparse" and meta["parent"] == "tiny-dense" and meta["name"] == "sp"  # named after --out
     assert (out / "plots" / "training_curves.html").exists() and (out / "plots" / "head_connectivity.html").exists()
     res = runner.invoke(app, ["connectivity", "--model", str(out), "--n", "16", "--json"])
     assert res.exit_code == 0, res.output
@@ -93,7 +93,7 @@ def test_zoo_build_then_eval_the_built_model(tmp_path):
     res = runner.invoke(app, ["zoo", "build", "--out", str(out), "--steps", "3", "--json"])
     assert res.exit_code == 0, res.output
     meta = json.loads(res.stdout.strip().splitlines()[-1])
-    assert meta["pretrain_config"]["steps"] == 3 and meta["heldout_ce"] > 0
+    assert meta["pretrain_config"]["steps"] == 3 and meta["heldout_ce"] > 0 and meta["name"] == "built"
     res = runner.invoke(app, ["eval", "--task", "sva", "--model", str(out), "--n", "10", "--json"])
     assert res.exit_code == 0 and json.loads(res.stdout)["n"] == 10
     res = runner.invoke(app, ["zoo", "build", "--out", str(out), "--steps", "3", "--resume"])
