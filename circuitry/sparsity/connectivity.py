@@ -2,8 +2,10 @@
 
 Reported connectivity is the fraction of causal (query, key) pairs, over batch, layers and heads,
 with a deterministic gate z = 1[g > 0]; expected connectivity (the training regulariser) is the
-mean of sigmoid(g) over the same pairs. For causal attention at least one key per query is needed,
-so the floor is T / (T (T + 1) / 2) = 2 / (T + 1) of the edges for a length-T sequence.
+mean of sigmoid(g) over the same pairs. The "floor" is one key per query, T / (T (T + 1) / 2) =
+2 / (T + 1) of the edges for a length-T sequence: the least a softmax head that must attend somewhere
+keeps. Gated heads without renormalisation can go below it (a query whose gates are all closed reads
+nothing), so connectivity / floor < 1 is possible and means queries that attend to no key at all.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from circuitry.sparsity.gates import AttentionGates
 
 
 def floor(seq_len: int) -> float:
-    """Connectivity of exactly one key per query for a length-T causal sequence."""
+    """Connectivity of exactly one key per query for a length-T causal sequence (the reference, not a bound)."""
     return 2.0 / (seq_len + 1)
 
 
