@@ -154,34 +154,34 @@ def pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False, name: s
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=(0.9, 0.98),
     )  # fmt: skip
-    with torch.random.fork_rng():  # dropout masks come from a seeded RNG (restored on resume); the caller's is kept
-        torch.manual_seed(cfg.seed)
-        start, elapsed = 0, 0.0
-        if resume:
-            start, state = resume_run(ckpt, model, opt, asdict(cfg))
-            trim_log(out / LOG, start)
-            elapsed = state.get("elapsed", 0.0)
-        t0 = time.time() - elapsed
-        bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"pretrain {name}", disable=not progress)
-        with open(out / LOG, "a" if resume else "w") as log:
-            for step in bar:
-                for g in opt.param_groups:
-                    g["lr"] = lr_at(cfg, step)
-                with model.hooks(fwd_hooks=dropout_hooks(model, cfg.dropout)):
-                    loss = model(stream.train_batch(cfg.seed, step, cfg.batch_size, cfg.n_ctx), return_type="loss")
-                if not torch.isfinite(loss):
-                    raise CircuitryError(f"non-finite loss at step {step}; last good checkpoint kept at {ckpt}")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
-                if step % cfg.log_every == 0 or step == cfg.steps - 1:
-                    bar.set_postfix(loss=f"{loss.item():.3f}")
-                    rec = {"step": step, "loss": round(loss.item(), 5), "lr": lr_at(cfg, step), "seconds": round(time.time() - t0, 1)}
-                    log.write(json.dumps(rec) + "\n")
-                    log.flush()
-                if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-                    save_checkpoint(ckpt, model, opt, step + 1, {"config": asdict(cfg), "elapsed": time.time() - t0})
+    torch.manual_seed(cfg.seed)  # dropout masks (restored from the checkpoint on resume), as sparsify and CLT training do
+    hooks = dropout_hooks(model, cfg.dropout)
+    start, elapsed = 0, 0.0
+    if resume:
+        start, state = resume_run(ckpt, model, opt, asdict(cfg))
+        trim_log(out / LOG, start)
+        elapsed = state.get("elapsed", 0.0)
+    t0 = time.time() - elapsed
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"pretrain {name}", disable=not progress)
+    with open(out / LOG, "a" if resume else "w") as log:
+        for step in bar:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(cfg, step)
+            with model.hooks(fwd_hooks=hooks):
+                loss = model(stream.train_batch(cfg.seed, step, cfg.batch_size, cfg.n_ctx), return_type="loss")
+            if not torch.isfinite(loss):
+                raise CircuitryError(f"non-finite loss at step {step}; last good checkpoint kept at {ckpt}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            if step % cfg.log_every == 0 or step == cfg.steps - 1:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+                rec = {"step": step, "loss": round(loss.item(), 5), "lr": lr_at(cfg, step), "seconds": round(time.time() - t0, 1)}
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+                save_checkpoint(ckpt, model, opt, step + 1, {"config": asdict(cfg), "elapsed": time.time() - t0})
     model.eval()
     seconds = time.time() - t0
     ce = heldout_ce(model, stream, cfg.heldout_sequences)
