@@ -93,6 +93,23 @@ def test_off_mode_keeps_logits_and_eval_with_huge_bias_is_dense():
     assert torch.equal(model(x), before)
 
 
+def test_scoring_a_gated_model_with_gradients_leaves_no_graph_behind():
+    """An eval-mode forward + backward (what EAP does) keeps no autograd graph in the gates, so the model
+    still deep-copies, and the copy gates identically; train mode keeps the graph the regulariser needs."""
+    import copy
+
+    model, x = make(), tokens(4)
+    gates = attach_gates(model, mode="eval", bias_init=0.0)
+    model(x)[:, -1].sum().backward()
+    assert gates.last_logits and all(t.grad_fn is None for t in gates.last_logits.values())
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        assert torch.equal(twin(x), model(x))
+    gates.set_mode("train")
+    model(x)
+    assert all(t.grad_fn is not None for t in gates.last_logits.values())
+
+
 def test_connectivity_matches_a_brute_force_count():
     model, x = make(), tokens(3, batch=4, pos=10)
     gates = attach_gates(model, mode="eval")

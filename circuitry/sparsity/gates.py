@@ -50,7 +50,9 @@ class AttentionGates(nn.Module):
         self.bias = nn.Parameter(torch.full((n_layers, n_heads), float(bias_init)), requires_grad=learn_bias)
         self.mode: GateMode = mode
         self.renormalise = renormalise
-        # gate logits of the last forward per layer (-inf where causally masked), read for connectivity
+        # gate logits of the last forward per layer (-inf where causally masked), read for connectivity; only
+        # train mode keeps their autograd graph (the regulariser needs it), so scoring a gated model with
+        # gradients leaves no graph behind on the model (which would also make copy.deepcopy fail)
         self.last_logits: dict[int, Float[Tensor, "batch head q k"]] = {}
         # (rank, world) under torchrun: train-mode noise is drawn for the global batch and sliced, so N
         # processes gate exactly like one process with the same global batch
@@ -83,7 +85,8 @@ class AttentionGates(nn.Module):
         return pattern * self.gate_values(logits)
 
     def _scores_hook(self, scores: Tensor, hook, layer: int) -> None:
-        self.last_logits[layer] = self.gate_logits(scores, layer)
+        logits = self.gate_logits(scores, layer)
+        self.last_logits[layer] = logits if self.mode == "train" else logits.detach()
 
     def _pattern_hook(self, pattern: Tensor, hook, layer: int) -> Tensor | None:
         logits = self.last_logits[layer]
