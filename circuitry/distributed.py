@@ -8,6 +8,7 @@ writes logs and checkpoints; every rank resumes from the same checkpoint file.
 
 from __future__ import annotations
 
+import atexit
 import os
 
 import torch
@@ -23,7 +24,15 @@ def init_from_env() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        # leave the group before the interpreter exits: a process that exits with gloo's threads still running
+        # can abort ("terminate called without an active exception"; seen once in tests under CPU contention)
+        atexit.register(_leave_group)
     return rank_and_world()
+
+
+def _leave_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def rank_and_world() -> tuple[int, int]:
