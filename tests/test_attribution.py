@@ -47,6 +47,19 @@ def test_direct_effects_sum_to_every_target(arch):
     assert torch.allclose(predicted, actual, atol=1e-4 * actual.abs().max().item())
 
 
+def test_bos_errors_write_nothing_and_the_constant_carries_them():
+    """circuit-tracer's convention: the BOS error nodes have no out-edges; the BOS MLP outputs are in the
+    constant term, so every target is still exactly its constant plus its direct effects."""
+    model, clt, tokens = random_setup("gpt2-style", seed=3)
+    graph = build_graph(model, clt, tokens, max_logits=3, desired_logit_prob=0.99)
+    bos_errors = [graph.slices()["errors"].start + l * graph.n_pos for l in range(graph.n_layers)]
+    assert graph.adjacency[:, bos_errors].abs().max() == 0
+    bos_mlp = (graph.point.mlp_out[0] - clt.b_dec.detach()).norm(dim=-1)
+    assert bos_mlp.min() > 0.1  # there is something to carry
+    actual, const = target_values(model, clt, graph)
+    assert torch.allclose(const + graph.adjacency[rows_of(graph)].sum(1), actual, atol=1e-4 * actual.abs().max().item())
+
+
 def test_frozen_model_reproduces_the_real_forward():
     model, clt, tokens = random_setup("gpt2-style", seed=1)
     graph = build_graph(model, clt, tokens)

@@ -19,7 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuitry.artifacts import load_tensors, save_tensors
-from circuitry.attribution.replacement import FrozenPoint, backward_rows, freeze, frozen_forward, write_points
+from circuitry.attribution.replacement import FrozenPoint, backward_rows, constant_injections, freeze, frozen_forward, write_points
 from circuitry.errors import CircuitryError
 from circuitry.transcoders.clt import CrossLayerTranscoder
 
@@ -229,11 +229,8 @@ def target_values(model, clt: CrossLayerTranscoder, graph: AttributionGraph) -> 
     hooks, pos, vecs = target_rows(model, clt, point, feats, graph.logit_tokens)
     actual = torch.cat([point.pre[feats[:, 1], feats[:, 0], feats[:, 2]],
                         point.logits[graph.logit_tokens] - point.logits.mean()])  # fmt: skip
-    zero = [torch.zeros(1, point.n_pos, model.cfg.d_model)] + [
-        clt.b_dec[l].detach().expand(1, point.n_pos, -1) for l in range(model.cfg.n_layers)
-    ]
     with torch.no_grad():
-        acts = frozen_forward(model, point, zero, capture=tuple(set(hooks)))
+        acts = frozen_forward(model, point, constant_injections(point, clt.b_dec.detach()), capture=tuple(set(hooks)))
         const = torch.stack([acts[h][0, p] @ v for h, p, v in zip(hooks, pos, vecs)])
     const[: len(feats)] += clt.b_enc[feats[:, 0], feats[:, 2]].detach()
     b_U = model.b_U.detach()

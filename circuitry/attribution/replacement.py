@@ -39,7 +39,12 @@ class FrozenPoint:
 
     @property
     def errors(self) -> Float[Tensor, "pos layer d_model"]:
-        return self.mlp_out - self.recon
+        """MLP output − CLT reconstruction, zero at position 0 (BOS) as in circuit-tracer: position 0 attends only
+        to itself, so its MLP outputs are the same for every prompt and join the constant term (with the biases)
+        instead of becoming error nodes. :func:`constant_injections` puts them there."""
+        err = self.mlp_out - self.recon
+        err[0] = 0.0
+        return err
 
     @property
     def n_pos(self) -> int:
@@ -109,6 +114,14 @@ def frozen_forward(
     hooks += [(name, grab) for name in (*capture, "unembed.hook_in")]
     model.run_with_hooks(point.tokens[None].expand(batch, -1), fwd_hooks=hooks, return_type="logits")
     return captured
+
+
+def constant_injections(point: FrozenPoint, b_dec: Float[Tensor, "layer d_model"]) -> list[Tensor]:
+    """What each write point carries when every source (embedding, feature, error) is zero: the decoder bias, and
+    at BOS the whole MLP output, which no error node carries (see :attr:`FrozenPoint.errors`)."""
+    mlp = b_dec[None].expand(point.n_pos, -1, -1).clone()
+    mlp[0] = point.mlp_out[0]
+    return [torch.zeros(1, point.n_pos, point.embed.shape[-1])] + [mlp[None, :, l] for l in range(mlp.shape[1])]
 
 
 def true_injections(point: FrozenPoint, batch: int) -> list[Tensor]:

@@ -6,8 +6,8 @@ transcoders (the baseline; exportable to SAELens ``JumpReLUTranscoder`` objects 
 
 Inputs and outputs are divided by fixed per-layer scales (measured on the first training batch) so one set of
 hyper-parameters fits every layer; the scales are folded into the weights when exporting (:mod:`.io`).
-Features at position 0 (BOS) are zeroed, as in circuit-tracer: the BOS residual is an outlier that the error
-term carries instead.
+Features at position 0 (BOS) are zeroed, as in circuit-tracer: the BOS residual is an outlier, and the BOS MLP
+outputs (the same for every prompt) go into the constant term of attribution graphs.
 """
 
 from __future__ import annotations
