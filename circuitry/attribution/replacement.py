@@ -39,9 +39,10 @@ class FrozenPoint:
 
     @property
     def errors(self) -> Float[Tensor, "pos layer d_model"]:
-        """MLP output − CLT reconstruction, zero at position 0 (BOS) as in circuit-tracer: position 0 attends only
-        to itself, so its MLP outputs are the same for every prompt and join the constant term (with the biases)
-        instead of becoming error nodes. :func:`constant_injections` puts them there."""
+        """MLP output − CLT reconstruction, zero at position 0 as in circuit-tracer (whose CLTs, like these, also
+        have no features there). With BOS first, position 0 attends only to itself, so its MLP outputs are the
+        same for every prompt: they join the constant term (with the biases) instead of becoming error nodes.
+        :func:`constant_injections` puts them there."""
         err = self.mlp_out - self.recon
         err[0] = 0.0
         return err
