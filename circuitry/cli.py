@@ -185,6 +185,7 @@ def zoo_build_cmd(
     d_model: int = typer.Option(128, "--d-model"),
     d_mlp: int = typer.Option(512, "--d-mlp"),
     ioi_subject_rate: float = typer.Option(0.0, "--ioi-subject-rate", help="Share of IOI sentences ending with the subject (0: the shipped language)."),
+    ioi_share: float = typer.Option(0.26, "--ioi-share", help="Share of IOI sentences in the language (0.26: the shipped language)."),
     dropout: float = typer.Option(0.0, "--dropout", help="GPT-2-style training dropout (embeddings, attention, block outputs)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -193,7 +194,7 @@ def zoo_build_cmd(
     from circuitry.zoo.registry import read_json
 
     cfg = PretrainConfig(n_layers=n_layers, n_heads=n_heads, d_model=d_model, d_mlp=d_mlp, steps=steps, seed=seed,
-                         ioi_subject_rate=ioi_subject_rate, dropout=dropout)  # fmt: skip
+                         ioi_subject_rate=ioi_subject_rate, ioi_share=ioi_share, dropout=dropout)  # fmt: skip
     pretrain(cfg, out, resume=resume, name=name or out.name)
     meta = read_json(out / "meta.json")
     _emit(meta, as_json, [f"wrote {out}: held-out CE {meta['heldout_ce']:.4f} in {meta['train_seconds']:.0f} s"])

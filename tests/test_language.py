@@ -2,6 +2,7 @@
 
 import hashlib
 import random
+from collections import Counter
 
 import pytest
 
@@ -47,6 +48,26 @@ def test_ioi_subject_rate():
     assert SyntheticLanguage(ioi_subject_rate=0.2).sentences(3, 300) != SyntheticLanguage().sentences(3, 300)
     with pytest.raises(CircuitryError, match="subject rate"):
         SyntheticLanguage(ioi_subject_rate=0.5)
+
+
+def test_ioi_share():
+    """IOI sentences come at ioi_share; the other families keep their shipped proportions; the shipped share
+    draws exactly the shipped sentences (hash above)."""
+    lang = SyntheticLanguage(ioi_share=0.04)
+    weights = dict(lang.family_weights())
+    assert sum(weights.values()) == pytest.approx(1.0) and weights["ioi"] == 0.04
+    shipped = dict(SyntheticLanguage().weights)
+    for name in shipped:
+        if name != "ioi":
+            assert weights[name] / weights["filler"] == pytest.approx(shipped[name] / shipped["filler"])
+    rng = random.Random(0)
+    names, w = zip(*lang.family_weights())
+    assert abs(Counter(rng.choices(names, weights=w, k=20000))["ioi"] / 20000 - 0.04) < 0.005
+    assert SyntheticLanguage(ioi_share=0.26).sentences(0, 500) == SyntheticLanguage().sentences(0, 500)
+    assert lang.options() == {"ioi_share": 0.04} and SyntheticLanguage().options() == {}
+    for bad in (0.0, 1.0, -0.1):
+        with pytest.raises(CircuitryError, match="IOI share"):
+            SyntheticLanguage(ioi_share=bad)
 
 
 def test_vocab_is_deterministic_and_covers_the_lexicon():

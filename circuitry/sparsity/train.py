@@ -164,8 +164,7 @@ def sparsify(
         "command": f"circuitry sparsify --model {parent} --out {out} --steps {cfg.steps} --tolerance {cfg.tolerance} "
         f"--batch-size {cfg.batch_size} --lr {cfg.lr} --qk-lr {cfg.qk_lr} --bias-lr {cfg.bias_lr} --seed {cfg.seed}" + _scale_flags(cfg),
     }
-    if stream.language.ioi_subject_rate:  # the parent's non-default language, carried to the sparse model
-        meta["ioi_subject_rate"] = stream.language.ioi_subject_rate
+    meta.update(stream.language.options())  # the parent's non-default language, carried to the sparse model
     save_model(model, out, meta)
     ckpt.unlink(missing_ok=True)
     barrier()

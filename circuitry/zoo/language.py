@@ -46,12 +46,16 @@ def fact_sentence(rng: random.Random, lex: Lexicon = LEXICON) -> str:
     return rng.choice(("The capital of {c} is {k}.", "{k} is the capital of {c}.")).format(c=country, k=capital)
 
 
+SHIPPED_IOI_SHARE = 0.26
+LANGUAGE_OPTIONS = ("ioi_subject_rate", "ioi_share")  # SyntheticLanguage fields that zoo build can change
+
+
 @dataclass(frozen=True)
 class SyntheticLanguage:
     """Sentence-family mixture. ``weights`` are relative frequencies of the families."""
 
     weights: tuple[tuple[str, float], ...] = (
-        ("ioi", 0.26),
+        ("ioi", SHIPPED_IOI_SHARE),
         ("greater_than", 0.14),
         ("induction", 0.10),
         ("sva", 0.16),
@@ -61,10 +65,25 @@ class SyntheticLanguage:
     )
     lexicon: Lexicon = LEXICON
     ioi_subject_rate: float = 0.0  # share of IOI sentences that end with the subject (0: the shipped language)
+    ioi_share: float = SHIPPED_IOI_SHARE  # share of all sentences that are IOI; the others keep their proportions
 
     def __post_init__(self) -> None:
         if not 0 <= self.ioi_subject_rate < 0.5:
             raise CircuitryError(f"IOI subject rate must be in [0, 0.5), got {self.ioi_subject_rate}")
+        if not 0 < self.ioi_share < 1:
+            raise CircuitryError(f"IOI share must be in (0, 1), got {self.ioi_share}")
+
+    def family_weights(self) -> tuple[tuple[str, float], ...]:
+        """``weights`` with IOI at ``ioi_share`` and the other families scaled to fill the rest (unchanged, to
+        the bit, for the shipped share, so the shipped language draws the same sentences)."""
+        if self.ioi_share == SHIPPED_IOI_SHARE:
+            return self.weights
+        rest = sum(w for f, w in self.weights if f != "ioi")
+        return tuple((f, self.ioi_share if f == "ioi" else w * (1 - self.ioi_share) / rest) for f, w in self.weights)
+
+    def options(self) -> dict[str, float]:
+        """The language options that differ from the shipped language (recorded in meta.json; {} when shipped)."""
+        return {k: getattr(self, k) for k in LANGUAGE_OPTIONS if getattr(self, k) != getattr(SyntheticLanguage, k)}
 
     def families(self) -> dict[str, Callable[[random.Random, Lexicon], str]]:
         return {
@@ -78,14 +97,15 @@ class SyntheticLanguage:
         }
 
     def sentence(self, rng: random.Random) -> str:
-        names, weights = zip(*self.weights)
+        names, weights = zip(*self.family_weights())
         family = rng.choices(names, weights=weights)[0]
         return self.families()[family](rng, self.lexicon)
 
     @classmethod
     def of(cls, model) -> "SyntheticLanguage":
         """The language ``model`` was trained on, as recorded in its model directory (default: the shipped one)."""
-        return cls(ioi_subject_rate=getattr(model, "circuitry_info", {}).get("ioi_subject_rate", 0.0))
+        info = getattr(model, "circuitry_info", {})
+        return cls(**{k: info[k] for k in LANGUAGE_OPTIONS if k in info})
 
     def sentences(self, seed: int | str, n: int) -> list[str]:
         rng = random.Random(f"sentences|{seed}")

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from circuitry.checkpoint import prepare_run_dir, resume_run, save_checkpoint, trim_log
 from circuitry.errors import CircuitryError
-from circuitry.zoo.language import SyntheticLanguage
+from circuitry.zoo.language import SHIPPED_IOI_SHARE, SyntheticLanguage
 from circuitry.zoo.registry import build_model, save_model
 from circuitry.zoo.tokenizer import build_tokenizer
 
@@ -48,6 +48,7 @@ class PretrainConfig:
     log_every: int = 20
     heldout_sequences: int = 1024
     ioi_subject_rate: float = 0.0  # language option (SyntheticLanguage.ioi_subject_rate); 0 = the shipped language
+    ioi_share: float = SHIPPED_IOI_SHARE  # language option (SyntheticLanguage.ioi_share): share of IOI sentences
     dropout: float = 0.0  # GPT-2-style dropout while training (embeddings, attention pattern, attn/MLP outputs)
 
     def __post_init__(self) -> None:
@@ -58,12 +59,15 @@ class PretrainConfig:
             raise CircuitryError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if not 0.0 <= self.dropout < 1.0:
             raise CircuitryError(f"dropout must be in [0, 1), got {self.dropout}")
-        SyntheticLanguage(ioi_subject_rate=self.ioi_subject_rate)  # checks the rate before anything is written
+        self.language()  # checks the language options before anything is written
+
+    def language(self) -> SyntheticLanguage:
+        return SyntheticLanguage(ioi_subject_rate=self.ioi_subject_rate, ioi_share=self.ioi_share)
 
     def flags(self) -> str:
         """The ``circuitry zoo build`` options that set this architecture and language (none for the defaults)."""
         default = PretrainConfig()
-        keys = ("n_layers", "n_heads", "d_model", "d_mlp", "ioi_subject_rate", "dropout")
+        keys = ("n_layers", "n_heads", "d_model", "d_mlp", "ioi_subject_rate", "ioi_share", "dropout")
         return "".join(f" --{k.replace('_', '-')} {getattr(self, k)}" for k in keys if getattr(self, k) != getattr(default, k))
 
     def arch(self, d_vocab: int) -> dict[str, Any]:
@@ -145,7 +149,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False, name: s
     out = Path(out)
     ckpt = prepare_run_dir(out, resume, CHECKPOINT)
     tokenizer = build_tokenizer()
-    stream = TokenStream(tokenizer, SyntheticLanguage(ioi_subject_rate=cfg.ioi_subject_rate))
+    stream = TokenStream(tokenizer, cfg.language())
     model = build_model(cfg.arch(len(tokenizer)), tokenizer, seed=cfg.seed)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -195,8 +199,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False, name: s
         "command": f"circuitry zoo build --name {name} --out {out} --steps {cfg.steps} --seed {cfg.seed}{cfg.flags()}",
         "torch_threads": torch.get_num_threads(),
     }
-    if cfg.ioi_subject_rate:  # a non-default language: later steps (sparsify, CLTs) read it back from here
-        meta["ioi_subject_rate"] = cfg.ioi_subject_rate
+    meta.update(cfg.language().options())  # a non-default language: later steps (sparsify, CLTs) read it back
     save_model(model, out, meta)
     ckpt.unlink(missing_ok=True)
     model.cfg.model_name = name

@@ -17,6 +17,7 @@ import torch
 
 from circuitry.artifacts import atomic_write_json, fingerprint, load_tensors, read_json, save_tensors
 from circuitry.errors import CircuitryError
+from circuitry.zoo.language import LANGUAGE_OPTIONS
 
 ZOO_DIR = Path(__file__).parent / "models"
 ARCH_KEYS = (
@@ -116,7 +117,7 @@ def load_model_dir(directory: str | Path, name: str | None = None):
     model.cfg.model_name = name or directory.name
     about = read_json(directory / "meta.json") if (directory / "meta.json").exists() else {}  # how it was trained
     model.circuitry_info = {"name": model.cfg.model_name, "path": str(directory), "fingerprint": meta["fingerprint"],
-                            "ioi_subject_rate": about.get("ioi_subject_rate", 0.0)}  # fmt: skip
+                            **{k: about[k] for k in LANGUAGE_OPTIONS if k in about}}  # fmt: skip
     return model
 
 
