@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from circuitry.checkpoint import prepare_run_dir, resume_run, save_checkpoint, trim_log
 from circuitry.errors import CircuitryError
-from circuitry.zoo.language import SHIPPED_IOI_SHARE, SyntheticLanguage
+from circuitry.zoo.language import LANGUAGE_OPTIONS, SHIPPED_IOI_SHARE, SyntheticLanguage
 from circuitry.zoo.registry import build_model, save_model
 from circuitry.zoo.tokenizer import build_tokenizer
 
@@ -62,12 +62,12 @@ class PretrainConfig:
         self.language()  # checks the language options before anything is written
 
     def language(self) -> SyntheticLanguage:
-        return SyntheticLanguage(ioi_subject_rate=self.ioi_subject_rate, ioi_share=self.ioi_share)
+        return SyntheticLanguage(**{k: getattr(self, k) for k in LANGUAGE_OPTIONS})
 
     def flags(self) -> str:
         """The ``circuitry zoo build`` options that set this architecture and language (none for the defaults)."""
         default = PretrainConfig()
-        keys = ("n_layers", "n_heads", "d_model", "d_mlp", "ioi_subject_rate", "ioi_share", "dropout")
+        keys = ("n_layers", "n_heads", "d_model", "d_mlp", *LANGUAGE_OPTIONS, "dropout")
         return "".join(f" --{k.replace('_', '-')} {getattr(self, k)}" for k in keys if getattr(self, k) != getattr(default, k))
 
     def arch(self, d_vocab: int) -> dict[str, Any]:
