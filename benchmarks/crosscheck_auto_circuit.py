@@ -9,9 +9,9 @@ libraries the same model and the same IOI pairs and prints the largest differenc
 It exits 1 if any differs by more than 1e-4 of the largest value.
 
 auto-circuit is not a dependency. Its PyPI metadata pins kaleido 0.2.1 and pulls tracr, so install it beside
-circuitry without its requirements:
+circuitry without its requirements, then the three packages its imports need:
 
-    pip install --no-deps auto-circuit==1.0.1 ordered-set blobfile attrs
+    pip install --no-deps auto-circuit==1.0.1 && pip install ordered-set blobfile attrs
 
 Usage: python benchmarks/crosscheck_auto_circuit.py [SEED] [MODEL] [N_PAIRS]   (defaults: 0, tiny-dense, 20)
 """

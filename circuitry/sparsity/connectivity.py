@@ -96,6 +96,8 @@ def measure_connectivity(model, tokens: Tensor, valid: Bool[Tensor, "batch pos"]
         for layer, logits in gates.last_logits.items():
             kept[layer] += ((logits > 0) & pair_mask(logits, v)).sum((0, 2, 3)).double()
             pairs[layer] += n_pairs
+    if gates is not None:
+        gates.last_logits.clear()  # the last chunk's (batch, head, q, k) logits per layer are not needed after this
     per_head = kept / pairs[:, None]
     lengths = valid.sum(1).double() if valid is not None else torch.full((tokens.shape[0],), float(tokens.shape[1]))
     return ConnectivityReport(
