@@ -5,6 +5,7 @@ Written atomically (temp file + rename), so a kill at any moment leaves the prev
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -86,10 +87,19 @@ def prepare_run_dir(out: str | Path, resume: bool, name: str = "checkpoint.safet
     return ckpt
 
 
-def resume_run(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    """Restore a run from its checkpoint, refusing one made with a different config."""
+def resume_run(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: Any) -> tuple[int, dict[str, Any]]:
+    """Restore a run from its checkpoint, refusing one made with a different config (a dataclass).
+
+    A checkpoint written before an option existed lacks its key; it counts as made with that option's default, so
+    a run interrupted across an upgrade resumes when the option is left at its default.
+    """
     step, state, _ = load_checkpoint(path, model, optimizer)
-    if state.get("config") != config:
+    config = dataclasses.asdict(cfg)
+    saved = state.get("config")
+    if isinstance(saved, dict):
+        defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
+        saved = {**{k: defaults[k] for k in config.keys() - saved.keys() if k in defaults}, **saved}
+    if saved != config:
         raise CircuitryError(f"{path} was made with a different config; rerun with the same options")
     return step, state
 

@@ -1,5 +1,6 @@
 """Pretraining: the loss goes down; a killed run resumes to the same weights."""
 
+import dataclasses
 import json
 
 import pytest
@@ -49,6 +50,25 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path, monkeypatch, dro
     b, _ = load_tensors(tmp_path / "cut" / "model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_from_before_an_option_existed_resumes_at_its_default(tmp_path):
+    from circuitry.checkpoint import load_checkpoint, resume_run, save_checkpoint
+
+    cfg = PretrainConfig(**TINY)
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    old = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("dropout", "ioi_share")}  # written by 0.x
+    save_checkpoint(tmp_path / "c.safetensors", model, opt, 7, {"config": old})
+    step, state = resume_run(tmp_path / "c.safetensors", model, opt, cfg)
+    assert step == 7 and state["config"] == old
+    for changed in (dict(dropout=0.05), dict(ioi_share=0.04), dict(seed=1)):  # a new option set, or an old one changed
+        with pytest.raises(CircuitryError, match="different config"):
+            resume_run(tmp_path / "c.safetensors", model, opt, PretrainConfig(**{**TINY, **changed}))
+    save_checkpoint(tmp_path / "d.safetensors", model, opt, 7, {"config": {**old, "gone": 1}})  # an option since removed
+    with pytest.raises(CircuitryError, match="different config"):
+        resume_run(tmp_path / "d.safetensors", model, opt, cfg)
+    assert load_checkpoint(tmp_path / "d.safetensors", model, opt)[0] == 7
 
 
 def test_dropout_hooks_drop_gpt2_sites_at_rate_p():

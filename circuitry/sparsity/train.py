@@ -95,7 +95,7 @@ def sparsify(
     start, lam, ce_ema, elapsed = 0, cfg.lambda_init, None, 0.0
     main = is_main()
     if resume:
-        start, state = resume_run(ckpt, model, opt, asdict(cfg))
+        start, state = resume_run(ckpt, model, opt, cfg)
         if main:
             trim_log(out / LOG, start)
         lam, ce_ema, elapsed = state["lambda"], state["ce_ema"], state["elapsed"]

@@ -126,7 +126,7 @@ def train_clt(model, out: str | Path, cfg: CLTTrainConfig, resume: bool = False,
     opt = torch.optim.Adam(clt.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     start, elapsed = 0, 0.0
     if resume:
-        start, state = resume_run(ckpt, clt, opt, asdict(cfg))
+        start, state = resume_run(ckpt, clt, opt, cfg)
         clt.input_scale.copy_(torch.tensor(state["input_scale"]))
         clt.output_scale.copy_(torch.tensor(state["output_scale"]))
         elapsed = state["elapsed"]

@@ -162,7 +162,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False, name: s
     hooks = dropout_hooks(model, cfg.dropout)
     start, elapsed = 0, 0.0
     if resume:
-        start, state = resume_run(ckpt, model, opt, asdict(cfg))
+        start, state = resume_run(ckpt, model, opt, cfg)
         trim_log(out / LOG, start)
         elapsed = state.get("elapsed", 0.0)
     t0 = time.time() - elapsed
