@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 from typing import Callable
 
 from circuitry.errors import CircuitryError
@@ -96,10 +96,17 @@ class SyntheticLanguage:
             "filler": filler_sentence,
         }
 
-    def sentence(self, rng: random.Random) -> str:
+    @cached_property
+    def _draw_table(self) -> tuple[tuple[str, ...], tuple[float, ...], dict[str, Callable[[random.Random, Lexicon], str]]]:
+        """(family names, their weights, their samplers), built once per language: :meth:`sentence` is called for
+        every sentence of every training batch."""
         names, weights = zip(*self.family_weights())
+        return names, weights, self.families()
+
+    def sentence(self, rng: random.Random) -> str:
+        names, weights, families = self._draw_table
         family = rng.choices(names, weights=weights)[0]
-        return self.families()[family](rng, self.lexicon)
+        return families[family](rng, self.lexicon)
 
     @classmethod
     def of(cls, model) -> "SyntheticLanguage":
