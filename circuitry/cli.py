@@ -12,6 +12,7 @@ from typing import Callable, Optional
 import typer
 
 from circuitry.errors import CircuitryError
+from circuitry.zoo.language import SHIPPED_IOI_SHARE
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Sparse attention and circuit discovery.")
 zoo_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build the shipped models.")
@@ -185,7 +186,7 @@ def zoo_build_cmd(
     d_model: int = typer.Option(128, "--d-model"),
     d_mlp: int = typer.Option(512, "--d-mlp"),
     ioi_subject_rate: float = typer.Option(0.0, "--ioi-subject-rate", help="Share of IOI sentences ending with the subject (0: the shipped language)."),
-    ioi_share: float = typer.Option(0.26, "--ioi-share", help="Share of IOI sentences in the language (0.26: the shipped language)."),
+    ioi_share: float = typer.Option(SHIPPED_IOI_SHARE, "--ioi-share", help=f"Share of IOI sentences in the language ({SHIPPED_IOI_SHARE}: the shipped language)."),
     dropout: float = typer.Option(0.0, "--dropout", help="GPT-2-style training dropout (embeddings, attention, block outputs)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
