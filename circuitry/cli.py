@@ -110,7 +110,7 @@ def sparsify_cmd(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Sparse attention post-training: minimise connectivity subject to CE <= target."""
-    from circuitry.distributed import init_from_env
+    from circuitry.distributed import init_from_env, shutdown
     from circuitry.sparsity import SparsifyConfig, sparsify
     from circuitry.zoo.registry import load_model
 
@@ -124,6 +124,7 @@ def sparsify_cmd(
                          seq_len=seq_len, grad_accum=grad_accum, precision=precision, activation_checkpointing=activation_checkpointing,
                          lora_rank=lora_rank, lora_alpha=lora_alpha)  # fmt: skip
     sparse, meta = sparsify(dense, out, cfg, resume=resume, name=name or out.name, parent=model)
+    shutdown()  # under torchrun: every rank leaves the process group together; otherwise a no-op
     if meta is None:  # not rank 0 of a torchrun job
         return
     if plots:

@@ -54,7 +54,7 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Train a cross-layer transcoder on activations streamed from MODEL; writes quality into circuitry.json."""
-        from circuitry.distributed import init_from_env
+        from circuitry.distributed import init_from_env, shutdown
         from circuitry.transcoders import CLTTrainConfig, train_and_save
         from circuitry.zoo.registry import load_model
 
@@ -66,6 +66,7 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
                              sparsity_coef=sparsity, seed=seed, seq_len=seq_len, grad_accum=grad_accum, precision=precision)  # fmt: skip
         command = "circuitry " + " ".join(shlex.quote(a) for a in sys.argv[1:] if a != "--resume")
         _, quality = train_and_save(m, out, cfg, resume=resume, command=command)
+        shutdown()  # under torchrun: every rank leaves the process group together; otherwise a no-op
         if quality is None:  # not rank 0
             return
         q = quality.to_dict()

@@ -25,13 +25,22 @@ def init_from_env() -> tuple[int, int]:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         # leave the group before the interpreter exits: a process that exits with gloo's threads still running
-        # can abort ("terminate called without an active exception"; seen once in tests under CPU contention)
+        # can abort ("terminate called without an active exception"); a successful run leaves earlier, in shutdown()
         atexit.register(_leave_group)
     return rank_and_world()
 
 
 def _leave_group() -> None:
     if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shutdown() -> None:
+    """End of a successful distributed run, on every rank: wait for all ranks, then leave the group together (the
+    shutdown PyTorch documents), so no rank tears down its gloo connections while a peer still uses them. The
+    exit handler above only covers runs that end otherwise (it cannot wait: a crashed rank never arrives)."""
+    if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

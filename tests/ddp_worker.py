@@ -6,7 +6,7 @@ import sys
 
 from safetensors.torch import save_file
 
-from circuitry.distributed import init_from_env, is_main
+from circuitry.distributed import init_from_env, is_main, shutdown
 from circuitry.sparsity import SparsifyConfig, sparsify
 from circuitry.transcoders.train import CLTTrainConfig, train_clt
 from circuitry.zoo.registry import load_model
@@ -22,3 +22,4 @@ else:
     module, _ = sparsify(model, out, cfg, resume=resume, progress=False)
 if is_main():
     save_file({k: v.detach().contiguous() for k, v in module.named_parameters()}, f"{out}/final.safetensors")
+shutdown()
