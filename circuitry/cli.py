@@ -13,6 +13,7 @@ import typer
 
 from circuitry.errors import CircuitryError
 from circuitry.zoo.language import SHIPPED_IOI_SHARE
+from circuitry.zoo.pretrain import PretrainConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Sparse attention and circuit discovery.")
 zoo_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build the shipped models.")
@@ -179,20 +180,20 @@ def connectivity_cmd(
 def zoo_build_cmd(
     out: Path = typer.Option(Path("runs/tiny-dense"), "--out", help="Output model directory."),
     name: Optional[str] = typer.Option(None, "--name", help="Model name in meta.json (default: the --out folder's name)."),
-    steps: int = typer.Option(2500, "--steps"),
-    seed: int = typer.Option(0, "--seed"),
+    steps: int = typer.Option(PretrainConfig.steps, "--steps"),
+    seed: int = typer.Option(PretrainConfig.seed, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in --out."),
-    n_layers: int = typer.Option(4, "--n-layers"),
-    n_heads: int = typer.Option(8, "--n-heads"),
-    d_model: int = typer.Option(128, "--d-model"),
-    d_mlp: int = typer.Option(512, "--d-mlp"),
-    ioi_subject_rate: float = typer.Option(0.0, "--ioi-subject-rate", help="Share of IOI sentences ending with the subject (0: the shipped language)."),
-    ioi_share: float = typer.Option(SHIPPED_IOI_SHARE, "--ioi-share", help=f"Share of IOI sentences in the language ({SHIPPED_IOI_SHARE}: the shipped language)."),
-    dropout: float = typer.Option(0.0, "--dropout", help="GPT-2-style training dropout (embeddings, attention, block outputs)."),
+    n_layers: int = typer.Option(PretrainConfig.n_layers, "--n-layers"),
+    n_heads: int = typer.Option(PretrainConfig.n_heads, "--n-heads"),
+    d_model: int = typer.Option(PretrainConfig.d_model, "--d-model"),
+    d_mlp: int = typer.Option(PretrainConfig.d_mlp, "--d-mlp"),
+    ioi_subject_rate: float = typer.Option(PretrainConfig.ioi_subject_rate, "--ioi-subject-rate", help="Share of IOI sentences ending with the subject (0: the shipped language)."),
+    ioi_share: float = typer.Option(PretrainConfig.ioi_share, "--ioi-share", help=f"Share of IOI sentences in the language ({SHIPPED_IOI_SHARE}: the shipped language)."),
+    dropout: float = typer.Option(PretrainConfig.dropout, "--dropout", help="GPT-2-style training dropout (embeddings, attention, block outputs)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Pretrain a dense model on the synthetic language (default: tiny-dense's architecture; checkpoints, --resume)."""
-    from circuitry.zoo.pretrain import PretrainConfig, pretrain
+    from circuitry.zoo.pretrain import pretrain
     from circuitry.zoo.registry import read_json
 
     cfg = PretrainConfig(n_layers=n_layers, n_heads=n_heads, d_model=d_model, d_mlp=d_mlp, steps=steps, seed=seed,

@@ -23,7 +23,6 @@ from circuitry.checkpoint import prepare_run_dir, resume_run, save_checkpoint, t
 from circuitry.errors import CircuitryError
 from circuitry.zoo.language import LANGUAGE_OPTIONS, SHIPPED_IOI_SHARE, SyntheticLanguage
 from circuitry.zoo.registry import build_model, save_model
-from circuitry.zoo.tokenizer import build_tokenizer
 
 CHECKPOINT = "checkpoint.safetensors"
 LOG = "train_log.jsonl"
@@ -36,7 +35,7 @@ class PretrainConfig:
     d_model: int = 128
     d_mlp: int = 512
     n_ctx: int = 64
-    steps: int = 3000
+    steps: int = 2500  # the shipped tiny-dense recipe
     batch_size: int = 64
     lr: float = 3e-3
     warmup: int = 100
@@ -148,6 +147,8 @@ def pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False, name: s
     """Train and write a model directory at ``out``; returns the model. Resumes from ``out``'s checkpoint."""
     out = Path(out)
     ckpt = prepare_run_dir(out, resume, CHECKPOINT)
+    from circuitry.zoo.tokenizer import build_tokenizer  # transformers is slow to import; the CLI reads PretrainConfig
+
     tokenizer = build_tokenizer()
     stream = TokenStream(tokenizer, cfg.language())
     model = build_model(cfg.arch(len(tokenizer)), tokenizer, seed=cfg.seed)
