@@ -19,6 +19,7 @@ from circuitry.circuits import (
     prune,
     run_with_edges,
     select_circuit,
+    threshold,
     top_n,
 )
 from circuitry.circuits import patching
@@ -240,7 +241,12 @@ def test_selection_and_pruning():
     assert greedy(graph, scores, 2).nonzero().flatten().tolist() == two
     assert greedy(graph, scores, 3)[idx("a1.h2->logits")]
     assert top_n(graph, scores, 1)[idx("input->a0.h1<q>")] and top_n(graph, scores, 1).sum() == 1
-    assert not top_n(graph, scores, 2, absolute=False)[idx("a0.h1->logits")]
+    # signed: the most helpful edges first, i.e. the most negative scores (m(edge ablated) - m(clean) < 0)
+    assert top_n(graph, scores, 1, absolute=False).nonzero().flatten().tolist() == [idx("a0.h1->logits")]
+    assert torch.equal(budget_mask(graph, scores, 2, "signed"), top_n(graph, scores, 2, absolute=False))
+    assert threshold(graph, scores, 2.5, absolute=False).nonzero().flatten().tolist() == [idx("a0.h1->logits")]
+    assert greedy(graph, scores, 1, absolute=False).nonzero().flatten().tolist() == [idx("a0.h1->logits")]
+    assert not greedy(graph, scores, 2, absolute=False)[idx("input->a0.h1<q>")]  # |10| but it hurts the task
     c = select_circuit(graph, scores, "greedy", n=3)
     assert (c.n_edges, c.n_heads, c.n_mlps) == (2, 1, 0) and c.nodes == ["input", "a0.h1", "logits"]  # a1.h2 pruned
     d = json.loads(json.dumps(c.to_dict()))

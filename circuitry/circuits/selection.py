@@ -4,6 +4,9 @@ Pruning keeps an edge u -> v only if u is reachable from ``input`` and ``logits`
 from v using kept edges (i.e. the edge lies on some input -> logits path); nodes without kept
 edges are dropped. Ties in scores are broken by edge order (stable sorts), so selection is
 deterministic.
+
+Signed selection (``absolute=False``, the curves' ``signed``) ranks edges by how much they help the task: scores
+estimate m(edge ablated) - m(clean), so an edge that helps scores below 0 and comes first (largest -score).
 """
 
 from __future__ import annotations
@@ -91,10 +94,11 @@ def prune(graph: Graph, edge_mask: Bool[Tensor, " edge"]) -> Bool[Tensor, " edge
 
 
 def _key(graph: Graph, scores: Tensor, absolute: bool) -> Tensor:
+    """What selection ranks by, highest first: |score|, or -score (how much ablating the edge hurts the task)."""
     scores = graph.check_edge_vector(scores, "scores").float()
     if torch.isnan(scores).any():
         raise CircuitryError("scores contain NaN")
-    return scores.abs() if absolute else scores
+    return scores.abs() if absolute else -scores
 
 
 def _check_n(graph: Graph, n: int) -> int:
@@ -104,7 +108,7 @@ def _check_n(graph: Graph, n: int) -> int:
 
 
 def top_n(graph: Graph, scores: Float[Tensor, " edge"], n: int, absolute: bool = True) -> Bool[Tensor, " edge"]:
-    """The ``n`` best edges by |score| (or by signed score, highest first)."""
+    """The ``n`` best edges by |score| (or, signed, the ``n`` most negative scores: the most helpful edges)."""
     n, key = _check_n(graph, n), _key(graph, scores, absolute)
     mask = torch.zeros(graph.n_edges, dtype=torch.bool)
     mask[torch.sort(key, descending=True, stable=True).indices[:n]] = True
@@ -112,12 +116,13 @@ def top_n(graph: Graph, scores: Float[Tensor, " edge"], n: int, absolute: bool =
 
 
 def threshold(graph: Graph, scores: Float[Tensor, " edge"], tau: float, absolute: bool = True) -> Bool[Tensor, " edge"]:
-    """Edges with |score| >= tau (or score >= tau)."""
+    """Edges with |score| >= tau (or, signed, score <= -tau)."""
     return _key(graph, scores, absolute) >= float(tau)
 
 
 def greedy(graph: Graph, scores: Float[Tensor, " edge"], n: int, absolute: bool = True) -> Bool[Tensor, " edge"]:
-    """Grow from ``logits``: repeatedly add the best edge whose target node is already in the circuit."""
+    """Grow from ``logits``: repeatedly add the best edge (|score| or, signed, -score) whose target node is already
+    in the circuit."""
     n, key = _check_n(graph, n), _key(graph, scores, absolute).tolist()
     src, dst = graph.edge_nodes()
     incoming: dict[str, list[int]] = {}
@@ -155,11 +160,11 @@ def budget_mask(graph: Graph, scores: Float[Tensor, " edge"], k: int, selection:
     """The ``k`` edges a faithfulness curve keeps at budget ``k`` (before pruning).
 
     ``abs``: top-k by |score|. ``signed``: the k most negative scores first, i.e. the edges whose ablation lowers
-    the metric most (scores estimate m(edge ablated) - m(clean), so edges that help the task score below 0).
-    ``greedy``: grown from the logits by |score| (:func:`greedy`)."""
+    the metric most (:func:`top_n` with ``absolute=False``). ``greedy``: grown from the logits by |score|
+    (:func:`greedy`)."""
     check_selection(selection)
     if selection == "signed":
-        return top_n(graph, -graph.check_edge_vector(scores, "scores"), k, absolute=False)
+        return top_n(graph, scores, k, absolute=False)
     return greedy(graph, scores, k) if selection == "greedy" else top_n(graph, scores, k)
 
 
