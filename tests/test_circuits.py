@@ -257,6 +257,25 @@ def test_selection_and_pruning():
         select_circuit(graph, scores, "top-n")
 
 
+def test_mean_ablation_averages_all_prompts_whatever_the_batch_size(dense, ioi):
+    """`mean` is the mean over the dataset's prompts: batches of 3 give what one batch of 9 gives."""
+    task, _ = ioi
+    graph = Graph.from_model(dense)
+    circuit = select_circuit(graph, eap_scores(dense, task, graph, n=9), n=60)
+    one, split = (faithfulness(dense, task, graph, circuit, "mean", n=9, batch_size=bs) for bs in (9, 3))
+    assert abs(one.m_empty - split.m_empty) < 1e-4 and abs(one.f - split.f) < 1e-4
+    for method in ("eap", "eap-local"):
+        s9, s3 = (eap_scores(dense, task, graph, method, ablation="mean", n=9, batch_size=bs) for bs in (9, 3))
+        assert (s9 - s3).abs().max() < 1e-4 * s9.abs().max()
+    edges = circuit.edges[:5]
+    e9, e3 = (exact_edge_scores(dense, task, graph, "mean", edges=edges, n=9, batch_size=bs) for bs in (9, 3))
+    assert torch.allclose(e9[e9 == e9], e3[e3 == e3], atol=1e-4)
+    # per batch (the old behaviour) the empty circuit differs by far more than that
+    batches = list(task.batches(9, 0, 3))
+    per_batch = sum(task.metric(run_with_edges(dense, b, graph, torch.zeros(graph.n_edges, dtype=torch.bool), "mean"), b).sum().item() for b in batches) / 9
+    assert abs(per_batch - one.m_empty) > 0.1
+
+
 def test_faithfulness_curve(dense, ioi):
     task, batch = ioi
     graph = Graph.from_model(dense)

@@ -24,7 +24,16 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from circuitry.circuits.graph import Graph
-from circuitry.circuits.patching import Ablation, Metric, ablated_sources, check_ablation, resolve_data, run_with_edges
+from circuitry.circuits.patching import (
+    Ablation,
+    MeanSources,
+    Metric,
+    ablated_sources,
+    check_ablation,
+    resolve_ablation,
+    resolve_data,
+    run_with_edges,
+)
 from circuitry.circuits.selection import Circuit, budget_mask, check_selection, prune
 from circuitry.errors import CircuitryError
 from circuitry.tasks.base import Task, TaskBatch
@@ -85,7 +94,7 @@ def metric_means(
     graph: Graph,
     masks: Sequence[Bool[Tensor, " edge"]],
     metric_fn: Metric,
-    ablation: Ablation,
+    ablation: Ablation | MeanSources,
     abls: Sequence[Tensor] | None = None,
 ) -> list[float]:
     """Mean over all prompts of the metric of each masked model. ``abls``: the ablated source outputs of
@@ -136,8 +145,9 @@ def faithfulness(
     graph.check_model(model)
     mask = graph.check_edge_vector(circuit.edge_mask if isinstance(circuit, Circuit) else circuit, "edge mask").bool()
     batches, metric_fn = resolve_data(task_or_batches, metric, n, seed, batch_size)
+    abl = resolve_ablation(model, graph, batches, ablation)
     full, empty = torch.ones(graph.n_edges, dtype=torch.bool), torch.zeros(graph.n_edges, dtype=torch.bool)
-    m_c, m_full, m_empty = metric_means(model, batches, graph, [mask, full, empty], metric_fn, ablation)
+    m_c, m_full, m_empty = metric_means(model, batches, graph, [mask, full, empty], metric_fn, abl)
     return Faithfulness(m_c, m_full, m_empty, _ratio(m_c, m_full, m_empty), int(mask.sum()))
 
 
@@ -181,9 +191,10 @@ def faithfulness_curve(
     if not grid or grid[0] < 1 or grid[-1] > graph.n_edges:
         raise CircuitryError(f"grid budgets must be between 1 and {graph.n_edges} edges")
     batches, metric_fn = resolve_data(task_or_batches, metric, n, seed, batch_size)
-    abls = [ablated_sources(model, graph, batch, ablation) for batch in batches]  # shared by every circuit
+    resolved = resolve_ablation(model, graph, batches, ablation)
+    abls = [ablated_sources(model, graph, batch, resolved) for batch in batches]  # shared by every circuit
     full, empty = torch.ones(graph.n_edges, dtype=torch.bool), torch.zeros(graph.n_edges, dtype=torch.bool)
-    m_full, m_empty = metric_means(model, batches, graph, [full, empty], metric_fn, ablation, abls)
+    m_full, m_empty = metric_means(model, batches, graph, [full, empty], metric_fn, resolved, abls)
 
     known = {empty.numpy().tobytes(): m_empty, full.numpy().tobytes(): m_full}  # one patched run per distinct circuit
 
@@ -191,7 +202,7 @@ def faithfulness_curve(
         circuits = [Circuit.from_mask(graph, prune(graph, budget_mask(graph, scores, k, selection))) for k in budgets]
         keys = [c.edge_mask.numpy().tobytes() for c in circuits]
         new = {k: c.edge_mask for k, c in zip(keys, circuits) if k not in known}
-        known.update(zip(new, metric_means(model, batches, graph, list(new.values()), metric_fn, ablation, abls)))
+        known.update(zip(new, metric_means(model, batches, graph, list(new.values()), metric_fn, resolved, abls)))
         means = [known[k] for k in keys]
         return [CurvePoint(k, c.n_edges, c.n_heads, c.n_mlps, m, _ratio(m, m_full, m_empty)) for k, c, m in zip(budgets, circuits, means)]
 

@@ -25,7 +25,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from circuitry.circuits.graph import Graph, graph_flags, record_hooks
-from circuitry.circuits.patching import Ablation, Metric, ablated_sources, position_mask, repeat_batch
+from circuitry.circuits.patching import Ablation, MeanSources, Metric, ablated_sources, position_mask, repeat_batch
 from circuitry.errors import CircuitryError
 from circuitry.tasks.base import TaskBatch
 
@@ -88,7 +88,7 @@ def _clean_run(model, graph: Graph, batch: TaskBatch, metric_fn: Metric, record:
 
 
 def local_batch_scores(
-    model, graph: Graph, batch: TaskBatch, metric_fn: Metric, ablation: Ablation, max_elements: int = 2**24
+    model, graph: Graph, batch: TaskBatch, metric_fn: Metric, ablation: Ablation | MeanSources, max_elements: int = 2**24
 ) -> Float[Tensor, "source target"]:
     """Sum over the batch's prompts of the per-edge estimates, as a [source, target] matrix.
     (Call through ``eap_scores(method="eap-local")``, which checks the architecture once.)"""

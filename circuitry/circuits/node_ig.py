@@ -24,6 +24,7 @@ from torch import Tensor
 from circuitry.circuits.graph import Graph, TargetHook, graph_flags, record_sources
 from circuitry.circuits.patching import (
     Ablation,
+    MeanSources,
     Metric,
     ablated_sources,
     head_input_value,
@@ -36,7 +37,7 @@ from circuitry.tasks.base import TaskBatch
 
 
 def node_ig_batch_scores(
-    model, graph: Graph, batch: TaskBatch, metric_fn: Metric, steps: int, ablation: Ablation, max_rows: int = 1024
+    model, graph: Graph, batch: TaskBatch, metric_fn: Metric, steps: int, ablation: Ablation | MeanSources, max_rows: int = 1024
 ) -> Float[Tensor, "source target"]:
     """Sum over the batch's prompts of the per-edge estimates, as a [source, target] matrix."""
     b = len(batch)

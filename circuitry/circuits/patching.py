@@ -45,8 +45,18 @@ def resolve_data(
     return batches, metric
 
 
-def check_ablation(ablation: str) -> None:
-    if ablation not in ABLATIONS:
+class MeanSources:
+    """``mean`` ablation resolved for a dataset: every source's corrupted-run output averaged over all the dataset's
+    prompts at each position (real tokens only), ``values`` [1, pos, source, d_model]. The entry points
+    (scores, faithfulness, curves) resolve it once over all their batches (:func:`resolve_ablation`), so results do
+    not depend on the batch size; one batch given alone is its own dataset."""
+
+    def __init__(self, values: Float[Tensor, "1 pos source d_model"]):
+        self.values = values
+
+
+def check_ablation(ablation: str | MeanSources) -> None:
+    if not isinstance(ablation, MeanSources) and ablation not in ABLATIONS:
         raise CircuitryError(f"unknown ablation {ablation!r}; choose from {', '.join(ABLATIONS)}")
 
 
@@ -55,27 +65,40 @@ def position_mask(batch: TaskBatch) -> Bool[Tensor, "batch pos"]:
     return torch.arange(batch.clean.shape[1])[None, :] <= batch.answer_pos[:, None]
 
 
-def ablate(corrupt: Float[Tensor, "batch pos source d_model"], batch: TaskBatch, ablation: Ablation) -> Tensor:
-    """Ablated source outputs from the corrupted-run outputs: themselves, their mean over the batch
-    at each position (real tokens only) [1, pos, source, d_model], or zeros [1, pos, source, d_model]."""
+def resolve_ablation(model, graph: Graph, batches: Sequence[TaskBatch], ablation: Ablation | MeanSources) -> Ablation | MeanSources:
+    """``ablation`` itself, except ``mean``: then the mean over every prompt of ``batches`` (:class:`MeanSources`)."""
     check_ablation(ablation)
-    if ablation == "corrupt":
-        return corrupt
-    if ablation == "zero":
-        return torch.zeros_like(corrupt[:1])
-    w = position_mask(batch).to(corrupt)
-    total = einops.einsum(corrupt, w, "b p s d, b p -> p s d")
-    return (total / w.sum(0).clamp(min=1)[:, None, None])[None]
+    if ablation != "mean":
+        return ablation
+    total, count = None, None
+    for batch in batches:
+        _, corrupt = record_sources(model, graph, batch.corrupt.to(model.cfg.device))
+        w = position_mask(batch).to(corrupt)
+        t, c = einops.einsum(corrupt, w, "b p s d, b p -> p s d"), w.sum(0)
+        if total is not None:  # batches may have different lengths: accumulate over the longer one
+            pad = len(t) - len(total)
+            total = torch.nn.functional.pad(total, (0, 0, 0, 0, 0, max(pad, 0))) + torch.nn.functional.pad(t, (0, 0, 0, 0, 0, max(-pad, 0)))
+            count = torch.nn.functional.pad(count, (0, max(pad, 0))) + torch.nn.functional.pad(c, (0, max(-pad, 0)))
+        else:
+            total, count = t, c
+    return MeanSources((total / count.clamp(min=1)[:, None, None])[None])
 
 
-def ablated_sources(model, graph: Graph, batch: TaskBatch, ablation: Ablation) -> Tensor:
-    """Ablated outputs of every source node for ``batch`` ([batch or 1, pos, source, d_model])."""
+def ablated_sources(model, graph: Graph, batch: TaskBatch, ablation: Ablation | MeanSources) -> Tensor:
+    """Ablated outputs of every source node for ``batch`` ([batch or 1, pos, source, d_model]): the corrupted run,
+    zeros, or the mean of the corrupted runs (over ``batch`` alone when given the string ``mean``)."""
     check_ablation(ablation)
+    pos = batch.clean.shape[1]
     if ablation == "zero":
-        shape = (1, batch.clean.shape[1], len(graph.sources), model.cfg.d_model)
+        shape = (1, pos, len(graph.sources), model.cfg.d_model)
         return torch.zeros(shape, dtype=model.cfg.dtype, device=model.cfg.device)
-    _, corrupt = record_sources(model, graph, batch.corrupt.to(model.cfg.device))
-    return ablate(corrupt, batch, ablation)
+    if ablation == "mean":
+        ablation = resolve_ablation(model, graph, [batch], ablation)
+    if isinstance(ablation, MeanSources):
+        if ablation.values.shape[1] < pos:
+            raise CircuitryError(f"the mean ablation covers {ablation.values.shape[1]} positions, the batch has {pos}")
+        return ablation.values[:, :pos]
+    return record_sources(model, graph, batch.corrupt.to(model.cfg.device))[1]
 
 
 class _SourceDiffs:
@@ -196,7 +219,7 @@ def run_with_edges(
     batch: TaskBatch,
     graph: Graph,
     edge_mask: Bool[Tensor, " edge"],
-    ablation: Ablation = "corrupt",
+    ablation: Ablation | MeanSources = "corrupt",
     abl: Tensor | None = None,
 ) -> Float[Tensor, "batch pos vocab"]:
     """Logits of the clean prompts where every edge not in ``edge_mask`` carries its source's
@@ -283,8 +306,8 @@ def exact_edge_scores(
     """
     graph = Graph.from_model(model) if graph is None else graph
     graph.check_model(model)
-    check_ablation(ablation)
     batches, metric_fn = resolve_data(task_or_batches, metric, n, seed, batch_size)
+    ablation = resolve_ablation(model, graph, batches, ablation)
     which = _edge_indices(graph, edges)
     tgt_layer = torch.tensor([target_layer(graph, t) for t in range(len(graph.targets))])[graph.edge_dst[which]]
     total = torch.zeros(len(which), dtype=torch.float64)

@@ -24,7 +24,16 @@ from torch import Tensor
 from circuitry.circuits.graph import Graph, graph_flags, record_hooks, record_sources
 from circuitry.circuits.local import check_local_support, local_batch_scores
 from circuitry.circuits.node_ig import node_ig_batch_scores
-from circuitry.circuits.patching import Ablation, Metric, ablate, check_ablation, position_mask, resolve_data
+from circuitry.circuits.patching import (
+    Ablation,
+    MeanSources,
+    Metric,
+    ablated_sources,
+    check_ablation,
+    position_mask,
+    resolve_ablation,
+    resolve_data,
+)
 from circuitry.errors import CircuitryError
 from circuitry.tasks.base import Task, TaskBatch
 
@@ -62,15 +71,12 @@ def _input_grads(
 
 
 def _batch_scores(
-    model, graph: Graph, batch: TaskBatch, metric_fn: Metric, method: str, ig_steps: int, ablation: Ablation
+    model, graph: Graph, batch: TaskBatch, metric_fn: Metric, method: str, ig_steps: int, ablation: Ablation | MeanSources
 ) -> Float[Tensor, "source target"]:
     """Sum over the batch's prompts of the per-edge estimates, as a [source, target] matrix."""
     b, p = batch.clean.shape
     shape = (b, p, len(graph.sources), model.cfg.d_model)
-    if ablation == "zero":
-        abl = torch.zeros(1, *shape[1:], dtype=model.cfg.dtype, device=model.cfg.device)
-    else:
-        abl = ablate(record_sources(model, graph, batch.corrupt.to(model.cfg.device))[1], batch, ablation)
+    abl = ablated_sources(model, graph, batch, ablation)
     if method == "eap":
         clean = torch.zeros(shape, dtype=model.cfg.dtype, device=model.cfg.device)
         grads = _input_grads(model, graph, batch, metric_fn, [], record=clean)
@@ -127,6 +133,7 @@ def eap_scores(
     if method == "eap-local":
         check_local_support(model)
     batches, metric_fn = resolve_data(task_or_batches, metric, n, seed, batch_size)
+    ablation = resolve_ablation(model, graph, batches, ablation)  # mean: over all n prompts, not per batch
     total = torch.zeros(graph.valid.shape, dtype=torch.float64)
     n_prompts = 0
     for batch in batches:
