@@ -25,6 +25,29 @@ def test_save_load_round_trip_is_exact(dense, tmp_path):
     assert model_fingerprint(again) == model_fingerprint(dense)
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        dict(positional_embedding_type="rotary", rotary_dim=8, rotary_base=500, parallel_attn_mlp=True),  # Pythia-like
+        dict(eps=1e-2, use_attn_scale=False, d_vocab_out=50),
+        dict(dtype=torch.float64),
+    ],
+)
+def test_round_trip_keeps_every_config_field_that_changes_the_function(dense, tmp_path, extra):
+    from circuitry.zoo.registry import ARCH_KEYS, build_model
+
+    arch = dict(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, d_vocab=dense.cfg.d_vocab, n_ctx=32, act_fn="gelu",
+                normalization_type="LN")  # fmt: skip
+    model = build_model({**arch, **extra}, dense.tokenizer, seed=0)
+    save_model(model, tmp_path / "m")
+    again = load_model(str(tmp_path / "m"))
+    toks = torch.randint(1, dense.cfg.d_vocab, (2, 12))
+    assert torch.equal(model(toks), again(toks)) and again.cfg.dtype == model.cfg.dtype
+    recorded = set(__import__("json").loads((tmp_path / "m" / "config.json").read_text())) - set(ARCH_KEYS)
+    assert set(extra) - set(ARCH_KEYS) <= recorded  # (with what follows from them, e.g. attn_scale)
+    assert set(__import__("json").loads((ZOO_DIR / "tiny-dense" / "config.json").read_text())) == set(ARCH_KEYS)
+
+
 def _copy(tmp_path):
     dst = tmp_path / "copy"
     shutil.copytree(ZOO_DIR / "tiny-dense", dst)

@@ -27,6 +27,16 @@ ARCH_KEYS = (
 )  # fmt: skip
 
 
+# HookedTransformerConfig fields that do not describe the function the weights compute: where it runs, names,
+# hook switches (circuitry sets them while it works), initialisation, quantised loading, derived counts
+RUNTIME_FIELDS = {
+    "device", "n_devices", "seed", "model_name", "tokenizer_name", "use_attn_result", "use_split_qkv_input",
+    "use_hook_mlp_in", "use_attn_in", "use_hook_tokens", "from_checkpoint", "checkpoint_index", "checkpoint_label_type",
+    "checkpoint_value", "n_params", "init_mode", "initializer_range", "init_weights", "trust_remote_code",
+    "load_in_4bit", "quantization_method", "tokenizer_prepends_bos",
+}  # fmt: skip
+
+
 def _quiet_tl():
     warnings.filterwarnings("ignore", message=".*HookedTransformer is deprecated.*")
     import transformer_lens
@@ -53,8 +63,39 @@ def model_fingerprint(model) -> str:
 
 
 def _weights(model) -> dict[str, torch.Tensor]:
-    """Parameters only (TransformerLens' mask/IGNORE buffers are rebuilt from the config)."""
+    """Parameters only (TransformerLens' buffers - masks, rotary tables - are rebuilt from the config)."""
     return {k: v for k, v in model.named_parameters()}
+
+
+def model_config(model) -> dict[str, Any]:
+    """The config a model directory records: the ARCH_KEYS, plus every other HookedTransformerConfig field (not in
+    RUNTIME_FIELDS) whose value differs from what the ARCH_KEYS alone build (e.g. rotary_base, parallel_attn_mlp,
+    eps, a float64 dtype), so that loading rebuilds the same function."""
+    import dataclasses
+
+    tl = _quiet_tl()
+    config = {k: getattr(model.cfg, k) for k in ARCH_KEYS}
+    base = tl.HookedTransformerConfig(**config, device="cpu", seed=None)
+    for f in dataclasses.fields(tl.HookedTransformerConfig):
+        if not f.init or f.name in config or f.name in RUNTIME_FIELDS:
+            continue
+        value = getattr(model.cfg, f.name)
+        if value == getattr(base, f.name):
+            continue
+        if f.name == "dtype":
+            value = str(value).removeprefix("torch.")
+        elif not _jsonable(value):
+            raise CircuitryError(f"cannot record the model config field {f.name} = {value!r} in JSON")
+        config[f.name] = value
+    return config
+
+
+def _jsonable(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_jsonable(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _jsonable(v) for k, v in value.items())
+    return value is None or isinstance(value, (str, int, float, bool))
 
 
 def save_model(model, directory: str | Path, meta: dict[str, Any] | None = None) -> str:
@@ -63,7 +104,7 @@ def save_model(model, directory: str | Path, meta: dict[str, Any] | None = None)
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    config = {k: getattr(model.cfg, k) for k in ARCH_KEYS}
+    config = model_config(model)
     gates = getattr(model, "gates", None)
     if gates is not None:
         config["gates"] = {"renormalise": gates.renormalise}
@@ -81,6 +122,8 @@ def build_model(config: dict[str, Any], tokenizer=None, seed: int | None = None)
     """A freshly initialised HookedTransformer (global RNG untouched) from architecture fields."""
     tl = _quiet_tl()
     arch = {k: v for k, v in config.items() if k != "gates"}
+    if isinstance(arch.get("dtype"), str):  # recorded by model_config as its name
+        arch["dtype"] = getattr(torch, arch["dtype"])
     with torch.random.fork_rng():
         if seed is not None:
             torch.manual_seed(seed)
@@ -110,7 +153,8 @@ def load_model_dir(directory: str | Path, name: str | None = None):
         missing, unexpected = model.load_state_dict(tensors, strict=False)
     except (RuntimeError, TypeError, ValueError) as e:
         raise CircuitryError(f"{directory}: weights do not fit config.json ({str(e).splitlines()[0]})") from None
-    missing = [k for k in missing if not k.endswith((".mask", ".IGNORE"))]
+    params = dict(model.named_parameters())
+    missing = [k for k in missing if k in params]  # buffers (masks, rotary tables) are rebuilt from the config
     if missing or unexpected:
         raise CircuitryError(f"{directory}: weights do not fit config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
     model.eval()
