@@ -231,3 +231,19 @@ def test_feature_cap_folds_the_rest_into_errors_and_stays_exact():
     assert torch.allclose(const + capped.adjacency[rows_of(capped)].sum(1), actual, atol=1e-4 * actual.abs().max().item())
     # the logit rows are the same targets in both graphs: their values agree
     assert torch.allclose(actual[-2:], target_values(model, clt, full)[0][-2:])
+
+
+def test_float64_model_and_clt_give_the_float32_graph():
+    """The shipped CLT still belongs to its model moved to float64, and the graph and attention split run in
+    float64 and agree with float32."""
+    from circuitry import load_model
+    from circuitry.attribution import attribute
+    from circuitry.transcoders import default_clt
+
+    prompt = "When Mary and John went to the store, John gave a drink to"
+    m32 = load_model("tiny-dense")
+    g32 = attribute(m32, default_clt(m32), prompt)
+    m64 = load_model("tiny-dense").to(torch.float64)
+    g64 = attribute(m64, default_clt(m64).to(torch.float64), prompt)
+    assert g64.adjacency.dtype == torch.float64 and g64.adjacency.shape == g32.adjacency.shape
+    assert (g64.adjacency - g32.adjacency.double()).abs().max() < 1e-4 * g32.adjacency.abs().max()

@@ -79,12 +79,13 @@ def attention_split(model, clt, graph: AttributionGraph, batch_size: int = 256, 
     cross = edges & (pos[:, None] != pos[None, :])
     targets = cross.any(1).nonzero().flatten()
     sources = cross.any(0).nonzero().flatten()
-    mass = torch.zeros(L, H, T, T)
+    dt = model.cfg.dtype
+    mass = torch.zeros(L, H, T, T, dtype=dt)
     if len(targets) == 0:
         empty = torch.zeros(0, dtype=torch.long)
         return {"mass": mass, "influence_mass": mass.clone(), "edge_total": torch.tensor(0.0), "max_residual": torch.tensor(0.0),
                 "edge_head_key_pairs_80": empty, "edge_heads_80": empty}  # fmt: skip
-    influence_mass = torch.zeros(L, H, T, T)
+    influence_mass = torch.zeros(L, H, T, T, dtype=dt)
     adj = graph.adjacency.abs()
     all_nodes = torch.ones(graph.n_nodes, dtype=torch.bool)
     scores = edge_influence(graph, graph.node_mask if use_pruned else all_nodes)
@@ -98,7 +99,7 @@ def attention_split(model, clt, graph: AttributionGraph, batch_size: int = 256, 
     rows = row_of[targets]
     z_names = tuple(f"blocks.{l}.attn.hook_z" for l in range(L))
     # 1. stay gradients of each target with respect to every head output at its own position
-    g_stay = torch.zeros(len(targets), L, H, model.cfg.d_head)
+    g_stay = torch.zeros(len(targets), L, H, model.cfg.d_head, dtype=dt)
     t_pos = pos[targets]
     sel_hooks, sel_pos = [hooks[r] for r in rows], [read_pos[r] for r in rows]
     for chunk, grads in backward_rows(model, point, sel_hooks, sel_pos, vecs[rows], batch_size, diagonal_only=True, grad_at=z_names):
@@ -110,7 +111,7 @@ def attention_split(model, clt, graph: AttributionGraph, batch_size: int = 256, 
     v_names = tuple(f"blocks.{l}.attn.hook_v" for l in range(L))
     with torch.no_grad():
         alone = frozen_forward(model, point, source_writes(graph, clt, sources), capture=v_names)
-        empty = frozen_forward(model, point, [torch.zeros(1, T, model.cfg.d_model) for _ in write_points(model)], capture=v_names)
+        empty = frozen_forward(model, point, [torch.zeros(1, T, model.cfg.d_model, dtype=dt) for _ in write_points(model)], capture=v_names)
     J = torch.stack([alone[n] - empty[n] for n in v_names], dim=1)  # [source, layer, key, kv_head, e]
     J = J.repeat_interleave(H // n_kv, dim=3).permute(1, 2, 3, 4, 0)  # query head h reads kv head h // (H/n_kv)
     # 3. contributions per edge and last hop

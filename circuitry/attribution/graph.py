@@ -145,7 +145,7 @@ def source_contributions(clt: CrossLayerTranscoder, point: FrozenPoint, features
         per_feat = einops.einsum(G[:, :, l : l + n], clt.raw_decoder(l).detach(), "r p t d, f t d -> r p f")
         sel = features[:, 0] == l
         cols.append((sel, per_feat[:, features[sel, 1], features[sel, 2]] * point.acts[features[sel, 1], l, features[sel, 2]]))
-    feat_cols = torch.zeros(G.shape[0], len(features))
+    feat_cols = G.new_zeros(G.shape[0], len(features))
     for sel, c in cols:
         feat_cols[:, sel] = c
     err = einops.einsum(G, point.errors, "r p l d, p l d -> r l p").flatten(1)
@@ -208,7 +208,7 @@ def build_graph(
         info={"model": model.cfg.model_name, "max_logits": max_logits, "desired_logit_prob": desired_logit_prob,
               "max_feature_nodes": max_feature_nodes},
     )  # fmt: skip
-    adjacency = torch.zeros(graph.n_nodes, graph.n_nodes)
+    adjacency = torch.zeros(graph.n_nodes, graph.n_nodes, dtype=model.cfg.dtype)
     rows_index = torch.cat([torch.arange(len(features)), torch.arange(len(logit_tokens)) + graph.slices()["logits"].start])
     names = write_points(model)
     bar = tqdm(total=len(hooks), desc="attribution", disable=not progress)

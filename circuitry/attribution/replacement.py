@@ -122,7 +122,7 @@ def constant_injections(point: FrozenPoint, b_dec: Float[Tensor, "layer d_model"
     at BOS the whole MLP output, which no error node carries (see :attr:`FrozenPoint.errors`)."""
     mlp = b_dec[None].expand(point.n_pos, -1, -1).clone()
     mlp[0] = point.mlp_out[0]
-    return [torch.zeros(1, point.n_pos, point.embed.shape[-1])] + [mlp[None, :, l] for l in range(mlp.shape[1])]
+    return [point.embed.new_zeros(1, point.n_pos, point.embed.shape[-1])] + [mlp[None, :, l] for l in range(mlp.shape[1])]
 
 
 def true_injections(point: FrozenPoint, batch: int) -> list[Tensor]:

@@ -59,7 +59,9 @@ def list_models() -> list[dict[str, Any]]:
 
 
 def model_fingerprint(model) -> str:
-    return fingerprint(_weights(model))
+    """Which model an artifact (a CLT) belongs to: the weights' fingerprint at float32, so the same model moved to
+    float64 (for precise attribution) still matches; a model whose float32 values differ does not."""
+    return fingerprint({k: v.float() if v.dtype == torch.float64 else v for k, v in _weights(model).items()})
 
 
 def _weights(model) -> dict[str, torch.Tensor]:
