@@ -56,6 +56,7 @@ def test_saved_sparse_model_loads_with_deterministic_gates(small_tokenizer, tmp_
     x = again.to_tokens("Then, Mary and John went to the park. John gave a ball to")
     assert torch.equal(again(x), model(x))
     assert 0 < meta["connectivity"] <= 1 and meta["floor"] == pytest.approx(2 / 25)
+    assert all(p.grad is None for p in model.parameters())  # no stale gradients for the caller's next backward
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(small_tokenizer, tmp_path, monkeypatch):

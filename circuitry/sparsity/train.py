@@ -138,6 +138,7 @@ def sparsify(
                     save_checkpoint(ckpt, model, opt, step + 1, state)
                 barrier()
     seconds = time.time() - t0
+    opt.zero_grad(set_to_none=True)  # the returned model holds no stale gradients (a later backward would add to them)
     gates.shard = (0, 1)
     set_activation_checkpointing(model, False)
     if cfg.lora_rank:

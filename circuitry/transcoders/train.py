@@ -169,4 +169,5 @@ def train_clt(model, out: str | Path, cfg: CLTTrainConfig, resume: bool = False,
                 if main:
                     save_checkpoint(ckpt, clt, opt, step + 1, state)
                 barrier()
+    opt.zero_grad(set_to_none=True)  # no stale gradients on the returned transcoder
     return clt, {"train_seconds": round(time.time() - t0, 1), "train_config": asdict(cfg), "checkpoint": str(ckpt)}

@@ -187,6 +187,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False, name: s
                 log.flush()
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
                 save_checkpoint(ckpt, model, opt, step + 1, {"config": asdict(cfg), "elapsed": time.time() - t0})
+    opt.zero_grad(set_to_none=True)  # no stale gradients on the returned model
     model.eval()
     seconds = time.time() - t0
     ce = heldout_ce(model, stream, cfg.heldout_sequences)
