@@ -10,8 +10,9 @@ import hashlib
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -43,8 +44,37 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def check_out_dir(path: str | os.PathLike) -> Path:
+    """Refuse an output directory that is an existing file or lies under one, before any work is done."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise CircuitryError(f"cannot write to {path}: {p} is a file, not a directory")
+            break
+    return path
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+@contextmanager
+def reading(path: str | os.PathLike) -> Iterator[None]:
+    """Parse an artifact: the KeyError / TypeError / ValueError ... that a hand-edited, truncated or foreign file
+    raises while its fields are read becomes one :class:`CircuitryError` naming the file."""
+    try:
+        yield
+    except CircuitryError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError, AssertionError) as e:
+        raise CircuitryError(f"{path}: malformed or foreign file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def check_finite(tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CircuitryError(f"{path} holds non-finite values (NaN or inf) in {bad[:3]}")
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -92,7 +122,16 @@ def load_tensors(path: str | os.PathLike, kind: str | None = None) -> tuple[dict
         raise CircuitryError(f"cannot read {path}: not a valid safetensors file ({e})") from None
     if kind is not None and meta.get("kind") != kind:
         raise CircuitryError(f"{path} holds a {meta.get('kind')!r} artifact, expected {kind!r}")
+    check_format(meta, path)
     return tensors, meta
+
+
+def check_format(record: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse an artifact written in a newer format than this circuitry reads (records without a version are 1)."""
+    version = record.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
+        raise CircuitryError(f"{path} has artifact format {version!r} (circuitry {record.get('circuitry_version')!r}); "
+                             f"this circuitry reads format {FORMAT_VERSION}")  # fmt: skip
 
 
 def _read_header_meta(raw: bytes) -> dict[str, Any]:
@@ -102,4 +141,7 @@ def _read_header_meta(raw: bytes) -> dict[str, Any]:
     n = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8 : 8 + n].decode())
     entry = (header.get("__metadata__") or {}).get("circuitry")
-    return json.loads(entry) if entry else {}
+    meta = json.loads(entry) if entry else {}
+    if not isinstance(meta, dict):
+        raise ValueError("the circuitry metadata entry is not a JSON object")
+    return meta

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from circuitry.artifacts import atomic_write_bytes, load_tensors, save_tensors
+from circuitry.artifacts import atomic_write_bytes, check_out_dir, load_tensors, reading, save_tensors
 from circuitry.errors import CircuitryError
 
 
@@ -49,33 +49,37 @@ def load_checkpoint(
     path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
 ) -> tuple[int, dict[str, Any], dict[str, torch.Tensor]]:
     """Restore model, optimiser and torch RNG in place; returns (step, state, extra tensors)."""
-    tensors, meta = load_tensors(path, kind="checkpoint")
-    weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    params = _trainable(model)
-    if set(weights) != set(params) or any(weights[k].shape != params[k].shape for k in params):
-        raise CircuitryError(f"checkpoint {path} does not fit this model (different architecture)")
-    with torch.no_grad():
-        for k, p in params.items():
-            p.copy_(weights[k])
-    state: dict[int, dict[str, Any]] = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, pid, name = k.split(".", 2)
-            state.setdefault(int(pid), {})[name] = v
-    for pid, sc in meta["optimizer"]["scalars"].items():
-        state.setdefault(int(pid), {}).update(sc)
-    try:
-        optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
-    except (ValueError, KeyError) as e:
-        raise CircuitryError(f"checkpoint {path}: optimiser state does not fit ({e})") from None
-    torch.set_rng_state(tensors["rng.torch"])
-    extra = {k[len("extra.") :]: v for k, v in tensors.items() if k.startswith("extra.")}
-    return int(meta["step"]), json.loads(json.dumps(meta["state"])), extra
+    with reading(path):  # a hand-edited or foreign checkpoint fails with one line
+        tensors, meta = load_tensors(path, kind="checkpoint")
+        step, state_out = int(meta["step"]), json.loads(json.dumps(meta["state"]))  # checked before anything changes
+        if not isinstance(state_out, dict) or "rng.torch" not in tensors or not isinstance(meta["optimizer"], dict):
+            raise KeyError("step, state, optimizer or rng.torch")
+        weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+        params = _trainable(model)
+        if set(weights) != set(params) or any(weights[k].shape != params[k].shape for k in params):
+            raise CircuitryError(f"checkpoint {path} does not fit this model (different architecture)")
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(weights[k])
+        state: dict[int, dict[str, Any]] = {}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, pid, name = k.split(".", 2)
+                state.setdefault(int(pid), {})[name] = v
+        for pid, sc in meta["optimizer"]["scalars"].items():
+            state.setdefault(int(pid), {}).update(sc)
+        try:
+            optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
+        except (ValueError, KeyError) as e:
+            raise CircuitryError(f"checkpoint {path}: optimiser state does not fit ({e})") from None
+        torch.set_rng_state(tensors["rng.torch"])
+        extra = {k[len("extra.") :]: v for k, v in tensors.items() if k.startswith("extra.")}
+    return step, state_out, extra
 
 
 def prepare_run_dir(out: str | Path, resume: bool, name: str = "checkpoint.safetensors") -> Path:
     """Check ``out`` for a new or resumed training run; returns the checkpoint path inside it."""
-    out = Path(out)
+    out = check_out_dir(out)
     ckpt = out / name
     if ckpt.exists() and not resume:
         raise CircuitryError(f"{ckpt} exists: pass --resume to continue it, or choose another --out")
@@ -110,7 +114,8 @@ def trim_log(path: str | Path, start: int) -> None:
     path = Path(path)
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] < start]
+    with reading(path):
+        keep = [line for line in path.read_text().splitlines() if line.strip() and int(json.loads(line)["step"]) < start]
     atomic_write_bytes(path, "".join(line + "\n" for line in keep).encode())
 
 

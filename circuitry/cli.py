@@ -21,13 +21,18 @@ app.add_typer(zoo_app, name="zoo")
 
 
 def one_line_errors(fn: Callable) -> Callable:
-    """Turn a :class:`CircuitryError` (bad input or file) into ``error: ...`` on stderr and exit 1."""
+    """Turn a :class:`CircuitryError` (bad input or file) or an OS error (a file that cannot be read or written)
+    into ``error: ...`` on stderr and exit 1. An ``out`` option that is a file is refused before any work."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            if kwargs.get("out") is not None:
+                from circuitry.artifacts import check_out_dir
+
+                check_out_dir(kwargs["out"])
             return fn(*args, **kwargs)
-        except CircuitryError as e:
+        except (CircuitryError, OSError) as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:

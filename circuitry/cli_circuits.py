@@ -40,16 +40,22 @@ def _check_options(task: str, method: str, n_prompts: int, ablation: str, select
 
 def _discover_models(task: str, models: list[str], seeds: list[int], corruption: Optional[str], out: Optional[Path], *, method: str,
                      n_prompts: int, ablation: str, selection: str, ig_steps: int) -> list[dict]:  # fmt: skip
-    """One ``{model name: Discovery}`` per seed; each model is loaded once."""
+    """One ``{model name: Discovery}`` per seed; each model is loaded once, all before any discovery runs (a bad
+    second name fails at once). For a (dense, sparse) pair, warns when the gates say the roles are swapped."""
     from circuitry.circuits import discover
     from circuitry.tasks import get_task
     from circuitry.zoo.registry import load_model
 
-    runs: list[dict] = [{} for _ in seeds]
+    loaded = []
     for name in models:
         model = load_model(name)
         model.cfg.model_name = name
-        t = get_task(task, model, corruption)
+        loaded.append((name, model, get_task(task, model, corruption)))
+    if len(loaded) == 2 and (hasattr(loaded[0][1], "gates") or not hasattr(loaded[1][1], "gates")):
+        typer.echo(f"warning: {models[0]} has {'' if hasattr(loaded[0][1], 'gates') else 'no '}attention gates and {models[1]} "
+                   f"has {'' if hasattr(loaded[1][1], 'gates') else 'no '}attention gates; is this the (dense, sparse) order?", err=True)  # fmt: skip
+    runs: list[dict] = [{} for _ in seeds]
+    for name, model, t in loaded:
         for run, seed in zip(runs, seeds):
             run[name] = discover(model, t, method, n_prompts, seed, ablation=ablation, ig_steps=ig_steps, selection=selection)
     if out is not None:
@@ -100,7 +106,7 @@ def _discovery_report(task: str, method: str, runs: list[dict], pair: tuple[str,
     reports = [_run_report(run, pair) for run in runs]
     r = next(iter(runs[0].values()))
     obj = {"task": task, "method": method, "ablation": r.ablation, "selection": r.selection, **reports[0][0]}
-    footer = (f"(of {r.graph.n_edges} edges; {r.n_prompts} prompts to score, {r.n_prompts} fresh ones to evaluate; "
+    footer = (f"(of {r.graph.n_edges} edges; {r.n_prompts} prompts to score, {r.curve.n_prompts} from the next seed to evaluate; "
               f"{r.ablation} ablation, {r.selection} selection)")  # fmt: skip
     if len(runs) == 1:
         lines = reports[0][1] + [footer] + reports[0][2]

@@ -141,6 +141,8 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
 
         if (prompt is None) == (task is None):
             raise CircuitryError("give exactly one of --prompt or --task")
+        if dense == sparse:
+            raise CircuitryError("--dense and --sparse name the same model")
         _check_thresholds(node_threshold, edge_threshold)
         pairs = {name: _model_and_clt(name, None) for name in (dense, sparse)}
         if task is not None:

@@ -5,8 +5,10 @@ when off (the defaults on CPU).
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from contextlib import nullcontext
-from typing import ContextManager
+from typing import Any, ContextManager, Iterable
 
 import torch
 from torch import Tensor
@@ -17,9 +19,30 @@ from circuitry.errors import CircuitryError
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
-def check_options(grad_accum: int, precision: str, seq_len: int | None = None, n_ctx: int | None = None) -> int | None:
+def check_fields(cfg: Any, positive: Iterable[str] = (), non_negative: Iterable[str] = ()) -> None:
+    """Refuse a training config with a NaN / infinite number, or a listed field (when set) that is not > 0 / >= 0,
+    before any work is done (a NaN learning rate would only surface as a 'non-finite loss' later)."""
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise CircuitryError(f"{f.name} must be a finite number, got {v}")
+    for names, ok, what in ((positive, lambda v: v > 0, "> 0"), (non_negative, lambda v: v >= 0, ">= 0")):
+        for name in names:
+            v = getattr(cfg, name)
+            if v is not None and not ok(v):
+                raise CircuitryError(f"{name} must be {what}, got {v}")
+
+
+def check_options(
+    grad_accum: int, precision: str, seq_len: int | None = None, n_ctx: int | None = None, batch_size: int | None = None
+) -> int | None:
     """Refuse bad values before any work is done; returns the training sequence length (``seq_len``, default
-    the model context ``n_ctx``)."""
+    the model context ``n_ctx``). ``batch_size`` (global) must split over the processes and micro-batches."""
+    from circuitry.distributed import rank_and_world
+
+    world = rank_and_world()[1]
+    if batch_size is not None and grad_accum >= 1 and batch_size % (world * grad_accum):
+        raise CircuitryError(f"batch size {batch_size} does not split into {world} process(es) x {grad_accum} equal micro-batches")
     length = seq_len or n_ctx
     if n_ctx is not None and not 2 <= length <= n_ctx:
         raise CircuitryError(f"sequence length {length} must be between 2 and the model's context {n_ctx}")

@@ -195,3 +195,72 @@ def test_discover_options_reach_the_library():
 def test_discover_bad_input(args, message):
     res = runner.invoke(app, ["discover", *args])
     assert res.exit_code == 1 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def _task_file(tmp_path, name: str, record: dict):
+    p = tmp_path / f"{name}.json"
+    p.write_text(json.dumps([record]))
+    return str(p)
+
+
+def _edited_copy(tmp_path, src, name, edit):
+    d = tmp_path / name
+    shutil.copytree(src, d)
+    edit(d)
+    return str(d)
+
+
+def _nan_weights(d):
+    from circuitry.artifacts import fingerprint, load_tensors, save_tensors
+
+    tensors, meta = load_tensors(d / "model.safetensors")
+    tensors["embed.W_E"][0, 0] = float("nan")
+    save_tensors(d / "model.safetensors", tensors, {**meta, "fingerprint": fingerprint(tensors)})
+
+
+def _drop_clt_fingerprint(d):
+    record = json.loads((d / "circuitry.json").read_text())
+    del record["fingerprint"]
+    (d / "circuitry.json").write_text(json.dumps(record))
+
+
+IOI = {"clean": "When Mary and John went to the store, John gave a drink to", "answer": " Mary", "wrong": " John"}
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("long_prompt", "longer than the model's context (64)"),
+        ("unknown_word", "outside the tokenizer's vocabulary"),
+        ("answer_is_wrong", "both an answer and a wrong answer"),
+        ("nan_weights", "non-finite values"),
+        ("clt_record", "malformed or foreign file (KeyError: 'fingerprint')"),
+        ("out_is_file", "is a file, not a directory"),
+        ("out_under_file", "is a file, not a directory"),
+        ("same_pair", "name the same model"),
+        ("nan_lr", "lr must be a finite number"),
+        ("clt_batch_0", "batch_size must be > 0"),
+        ("batch_split", "does not split into 1 process(es) x 2 equal micro-batches"),
+    ],
+)
+def test_bad_files_and_options_fail_in_one_line_before_any_output(tmp_path, case, message):
+    """Malformed tasks and artifacts, impossible outputs and options: one line, exit 1, nothing written."""
+    (tmp_path / "file").write_text("")
+    run = str(tmp_path / "run")
+    args = {
+        "long_prompt": ["eval", "--task", _task_file(tmp_path, "long", {**IOI, "clean": IOI["clean"] * 6, "corrupt": IOI["clean"] * 6})],
+        "unknown_word": ["eval", "--task", _task_file(tmp_path, "unknown", {**IOI, "corrupt": IOI["clean"].replace("store", "zorblax")})],
+        "answer_is_wrong": ["eval", "--task", _task_file(tmp_path, "same", {**IOI, "corrupt": IOI["clean"], "wrong": " Mary"})],
+        "nan_weights": ["eval", "--task", "ioi", "--model", _edited_copy(tmp_path, ZOO_DIR / "tiny-dense", "m", _nan_weights)],
+        "clt_record": ["clt", "eval", "--n", "4", "--clt", _edited_copy(tmp_path, ZOO_DIR / "tiny-dense" / "clt", "c", _drop_clt_fingerprint)],
+        "out_is_file": ["connectivity", "--n", "4", "--out", str(tmp_path / "file")],
+        "out_under_file": ["sparsify", "--steps", "2", "--out", str(tmp_path / "file" / "run")],
+        "same_pair": ["compare-graphs", "--prompt", "When Mary", "--dense", "tiny-dense", "--sparse", "tiny-dense"],
+        "nan_lr": ["sparsify", "--steps", "2", "--out", run, "--lr", "nan"],
+        "clt_batch_0": ["clt", "train", "--steps", "2", "--out", run, "--batch-size", "0"],
+        "batch_split": ["sparsify", "--steps", "2", "--out", run, "--batch-size", "3", "--grad-accum", "2"],
+    }[case]
+    res = runner.invoke(app, args)
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.stderr
+    assert not (tmp_path / "run").exists()

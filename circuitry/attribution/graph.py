@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from circuitry.artifacts import load_tensors, save_tensors
 from circuitry.attribution.replacement import FrozenPoint, backward_rows, constant_injections, freeze, frozen_forward, write_points
 from circuitry.errors import CircuitryError
+from circuitry.tasks.base import TokenView
 from circuitry.transcoders.clt import CrossLayerTranscoder
 
 
@@ -188,6 +189,9 @@ def build_graph(
             raise CircuitryError("empty prompt")
         tokens = model.to_tokens(prompt, truncate=False)[0]  # not silently cut to n_ctx: checked below
         token_strs = model.to_str_tokens(tokens)
+        unk = TokenView(model).unk_id
+        if unk is not None and unk in tokens.tolist():
+            raise CircuitryError(f"the prompt has words outside the tokenizer's vocabulary: {prompt!r}")
     if len(tokens) > model.cfg.n_ctx:
         raise CircuitryError(f"prompt is {len(tokens)} tokens; the model's context is {model.cfg.n_ctx}")
     with torch.no_grad():

@@ -20,13 +20,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from circuitry.artifacts import reading
 from circuitry.checkpoint import prepare_run_dir, resume_run, save_checkpoint, trim_log
 from circuitry.distributed import barrier, is_main, mean_over_ranks, rank_and_world, shard, wrap
 from circuitry.errors import CircuitryError
 from circuitry.lora import add_lora, lora_target_of, merge_lora
 from circuitry.sparsity.connectivity import expected_connectivity, measure_connectivity
 from circuitry.sparsity.gates import attach_gates
-from circuitry.training import autocast, check_options, micro_batches, no_sync, rng_rewinder, set_activation_checkpointing
+from circuitry.training import autocast, check_fields, check_options, micro_batches, no_sync, rng_rewinder, set_activation_checkpointing
 from circuitry.zoo.pretrain import TokenStream, heldout_ce
 from circuitry.zoo.registry import save_model
 
@@ -62,15 +63,20 @@ class SparsifyConfig:
     lora_rank: int = 0  # 0: train all weights; r > 0: rank-r LoRA adapters on attention and MLP weights
     lora_alpha: float | None = None  # adapter scale alpha / r; None: alpha = r
 
+    def __post_init__(self) -> None:
+        check_fields(self, positive=("steps", "batch_size", "lr", "qk_lr", "bias_lr", "warmup", "target_ce", "lambda_init", "dual_lr",
+                                     "lambda_max", "grad_clip", "checkpoint_every", "log_every", "heldout_sequences", "lora_alpha"),
+                     non_negative=("tolerance", "ema", "lora_rank"))  # fmt: skip
+        if self.ema >= 1:
+            raise CircuitryError(f"ema must be < 1, got {self.ema}")
+
 
 def sparsify(
     model, out: str | Path, cfg: SparsifyConfig, resume: bool = False, name: str = "tiny-sparse", parent: str = "tiny-dense", progress: bool = True
 ):
     """Post-train ``model`` (dense, with a tokenizer) in place into a gated sparse model written to ``out``."""
     out = Path(out)
-    ctx = check_options(cfg.grad_accum, cfg.precision, cfg.seq_len, model.cfg.n_ctx)
-    if cfg.lora_rank < 0:
-        raise CircuitryError(f"LoRA rank must be >= 0 (0: no adapters), got {cfg.lora_rank}")
+    ctx = check_options(cfg.grad_accum, cfg.precision, cfg.seq_len, model.cfg.n_ctx, cfg.batch_size)
     ckpt = prepare_run_dir(out, resume, CHECKPOINT)
     stream = TokenStream.for_model(model)
     dense_ce = heldout_ce(model, stream, cfg.heldout_sequences, length=ctx)
@@ -98,7 +104,9 @@ def sparsify(
         start, state = resume_run(ckpt, model, opt, cfg)
         if main:
             trim_log(out / LOG, start)
-        lam, ce_ema, elapsed = state["lambda"], state["ce_ema"], state["elapsed"]
+        with reading(ckpt):
+            lam, ce_ema, elapsed = float(state["lambda"]), state["ce_ema"], float(state["elapsed"])
+            ce_ema = None if ce_ema is None else float(ce_ema)
     t0 = time.time() - elapsed
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"sparsify {name}", disable=not (progress and main))
     with open(out / LOG if main else os.devnull, "a" if resume else "w") as log:

@@ -58,6 +58,10 @@ class TokenView:
         cfg = getattr(model_or_tokenizer, "cfg", None)
         self.prepend_bos = prepend_bos if prepend_bos is not None else (cfg.default_prepend_bos if cfg else True)
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+        self.n_ctx = cfg.n_ctx if cfg else None  # prompts must fit the model's context
+        # a word outside a word-level vocabulary becomes <unk>: refuse it (GPT-2's unk is its BOS/EOS, never produced)
+        unk = getattr(tok, "unk_token_id", None)
+        self.unk_id = unk if unk is not None and unk not in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) else None
 
     def encode(self, text: str) -> list[int]:
         """Token ids without special tokens."""
@@ -70,7 +74,7 @@ class TokenView:
 
     def single_token(self, text: str) -> int | None:
         ids = self.encode(text)
-        return ids[0] if len(ids) == 1 else None
+        return ids[0] if len(ids) == 1 and ids[0] != self.unk_id else None
 
     def keep_single(self, words: Sequence[str], prefix: str = " ") -> tuple[list[str], int]:
         """The words that are one token (with ``prefix``) and how many were dropped."""
@@ -123,10 +127,17 @@ class Task(ABC):
                     f"{self.name} record {i}: clean and corrupt differ in token length "
                     f"({len(c)} vs {len(k)}): {p.clean!r} / {p.corrupt!r}"
                 )
+            if self.view.n_ctx is not None and len(c) > self.view.n_ctx:
+                raise CircuitryError(f"{self.name} record {i}: the prompt is {len(c)} tokens, longer than the model's context ({self.view.n_ctx})")
+            for what, ids, text in (("clean prompt", c, p.clean), ("corrupt prompt", k, p.corrupt)):
+                if self.view.unk_id is not None and self.view.unk_id in ids:
+                    raise CircuitryError(f"{self.name} record {i}: the {what} has words outside the tokenizer's vocabulary: {text!r}")
             cleans.append(c)
             corrupts.append(k)
             correct.append(self._answer_ids(i, p.answers, "answer"))
             wrong.append(self._answer_ids(i, p.wrongs, "wrong"))
+            if set(correct[-1]) & set(wrong[-1]):
+                raise CircuitryError(f"{self.name} record {i}: the same token is both an answer and a wrong answer")
         return TaskBatch(
             clean=_pad(cleans, self.view.pad_id),
             corrupt=_pad(corrupts, self.view.pad_id),

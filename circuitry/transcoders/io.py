@@ -23,7 +23,17 @@ from typing import Any
 import torch
 import yaml
 
-from circuitry.artifacts import atomic_write_bytes, atomic_write_json, fingerprint, load_tensors, read_json, save_tensors
+from circuitry.artifacts import (
+    atomic_write_bytes,
+    atomic_write_json,
+    check_finite,
+    check_format,
+    fingerprint,
+    load_tensors,
+    read_json,
+    reading,
+    save_tensors,
+)
 from circuitry.errors import CircuitryError
 from circuitry.transcoders.clt import CLTConfig, CrossLayerTranscoder
 from circuitry.zoo.registry import model_fingerprint
@@ -77,36 +87,39 @@ def load_clt(directory: str | Path, model=None) -> CrossLayerTranscoder:
         config = yaml.safe_load((directory / "config.yaml").read_text())
     except yaml.YAMLError as e:
         raise CircuitryError(f"{directory / 'config.yaml'}: not valid YAML ({e})") from None
-    record = read_json(directory / RECORD)
-    cross = config.get("model_kind") == "cross_layer_transcoder"
-    cfg = CLTConfig(**record["config"])
-    if cfg.cross_layer != cross:
-        raise CircuitryError(f"{directory}: config.yaml model_kind disagrees with {RECORD}")
-    files: dict[str, dict[str, torch.Tensor]] = {}
-    for name in export_tensors(CrossLayerTranscoder(cfg)):
-        tensors, meta = load_tensors(directory / name, kind="transcoder")
-        if meta.get("fingerprint") != record["fingerprint"]:
-            raise CircuitryError(f"{directory / name} belongs to a different transcoder than {RECORD}")
-        files[name] = tensors
-    if fingerprint({f"{f}/{k}": v for f, ts in files.items() for k, v in ts.items()}) != record["fingerprint"]:
-        raise CircuitryError(f"{directory}: transcoder weights do not match their fingerprint (corrupt or modified)")
-    if model is not None and record["model_fingerprint"] != model_fingerprint(model):
-        raise CircuitryError(f"{directory} was trained on a different model than {model.cfg.model_name} (fingerprint mismatch)")
-    clt = CrossLayerTranscoder(cfg)
-    with torch.no_grad():
-        for l in range(cfg.n_layers):
-            if cross:
-                enc, dec = files[f"W_enc_{l}.safetensors"], files[f"W_dec_{l}.safetensors"]
-                w_enc, b_enc, b_dec, thr, w_dec = (enc[f"W_enc_{l}"], enc[f"b_enc_{l}"], enc[f"b_dec_{l}"],
-                                                   enc[f"threshold_{l}"], dec[f"W_dec_{l}"])  # fmt: skip
-            else:
-                t = files[f"layer_{l}.safetensors"]
-                w_enc, b_enc, b_dec, thr, w_dec = t["W_enc"], t["b_enc"], t["b_dec"], t["activation_function.threshold"], t["W_dec"][:, None]
-            clt.W_enc[l].copy_(w_enc)
-            clt.b_enc[l].copy_(b_enc)
-            clt.b_dec[l].copy_(b_dec)
-            clt.log_threshold[l].copy_(thr.log())
-            clt.W_dec[l].copy_(w_dec)
+    with reading(directory):  # a hand-edited record or config fails with one line naming the directory
+        record = read_json(directory / RECORD)
+        check_format(record, directory / RECORD)
+        cross = config.get("model_kind") == "cross_layer_transcoder"
+        cfg = CLTConfig(**record["config"])
+        if cfg.cross_layer != cross:
+            raise CircuitryError(f"{directory}: config.yaml model_kind disagrees with {RECORD}")
+        files: dict[str, dict[str, torch.Tensor]] = {}
+        for name in export_tensors(CrossLayerTranscoder(cfg)):
+            tensors, meta = load_tensors(directory / name, kind="transcoder")
+            if meta.get("fingerprint") != record["fingerprint"]:
+                raise CircuitryError(f"{directory / name} belongs to a different transcoder than {RECORD}")
+            check_finite(tensors, directory / name)
+            files[name] = tensors
+        if fingerprint({f"{f}/{k}": v for f, ts in files.items() for k, v in ts.items()}) != record["fingerprint"]:
+            raise CircuitryError(f"{directory}: transcoder weights do not match their fingerprint (corrupt or modified)")
+        if model is not None and record["model_fingerprint"] != model_fingerprint(model):
+            raise CircuitryError(f"{directory} was trained on a different model than {model.cfg.model_name} (fingerprint mismatch)")
+        clt = CrossLayerTranscoder(cfg)
+        with torch.no_grad():
+            for l in range(cfg.n_layers):
+                if cross:
+                    enc, dec = files[f"W_enc_{l}.safetensors"], files[f"W_dec_{l}.safetensors"]
+                    w_enc, b_enc, b_dec, thr, w_dec = (enc[f"W_enc_{l}"], enc[f"b_enc_{l}"], enc[f"b_dec_{l}"],
+                                                       enc[f"threshold_{l}"], dec[f"W_dec_{l}"])  # fmt: skip
+                else:
+                    t = files[f"layer_{l}.safetensors"]
+                    w_enc, b_enc, b_dec, thr, w_dec = t["W_enc"], t["b_enc"], t["b_dec"], t["activation_function.threshold"], t["W_dec"][:, None]
+                clt.W_enc[l].copy_(w_enc)
+                clt.b_enc[l].copy_(b_enc)
+                clt.b_dec[l].copy_(b_dec)
+                clt.log_threshold[l].copy_(thr.log())
+                clt.W_dec[l].copy_(w_dec)
     clt.eval()
     clt.record = record
     return clt

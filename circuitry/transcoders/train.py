@@ -21,10 +21,11 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from circuitry.artifacts import reading
 from circuitry.checkpoint import prepare_run_dir, resume_run, save_checkpoint, trim_log
 from circuitry.distributed import barrier, is_main, mean_over_ranks, shard, wrap
 from circuitry.errors import CircuitryError
-from circuitry.training import autocast, check_options, micro_batches, no_sync
+from circuitry.training import autocast, check_fields, check_options, micro_batches, no_sync
 from circuitry.transcoders.clt import CLTConfig, CrossLayerTranscoder
 from circuitry.zoo.pretrain import TokenStream
 
@@ -50,6 +51,10 @@ class CLTTrainConfig:
     seq_len: int | None = None  # sequence length of the activation batches; None: the model's n_ctx
     grad_accum: int = 1  # micro-batches per step
     precision: str = "auto"  # bf16 autocast on a GPU, fp32 on CPU; or "fp32" / "bf16"
+
+    def __post_init__(self) -> None:
+        check_fields(self, positive=("d_transcoder", "steps", "batch_size", "lr", "warmup", "sparsity_c", "checkpoint_every", "log_every"),
+                     non_negative=("sparsity_coef", "sparsity_warmup", "preact_coef"))  # fmt: skip
 
 
 def input_hook(model) -> str:
@@ -113,7 +118,7 @@ def train_clt(model, out: str | Path, cfg: CLTTrainConfig, resume: bool = False,
     Saving and the quality report are the caller's (see :func:`circuitry.transcoders.io.save_clt`).
     Under ``torchrun`` each rank takes its shard of every global batch and DDP averages the gradients."""
     out = Path(out)
-    ctx = check_options(cfg.grad_accum, cfg.precision, cfg.seq_len, model.cfg.n_ctx)
+    ctx = check_options(cfg.grad_accum, cfg.precision, cfg.seq_len, model.cfg.n_ctx, cfg.batch_size)
     ckpt = prepare_run_dir(out, resume, CHECKPOINT)
     if (out / "config.yaml").exists():
         raise CircuitryError(f"{out} already holds a transcoder; choose another --out")
@@ -127,9 +132,13 @@ def train_clt(model, out: str | Path, cfg: CLTTrainConfig, resume: bool = False,
     start, elapsed = 0, 0.0
     if resume:
         start, state = resume_run(ckpt, clt, opt, cfg)
-        clt.input_scale.copy_(torch.tensor(state["input_scale"]))
-        clt.output_scale.copy_(torch.tensor(state["output_scale"]))
-        elapsed = state["elapsed"]
+        with reading(ckpt):
+            scales = {k: torch.tensor(state[k], dtype=clt.input_scale.dtype) for k in ("input_scale", "output_scale")}
+            if any(v.shape != clt.input_scale.shape for v in scales.values()):
+                raise ValueError(f"scales of shape {[tuple(v.shape) for v in scales.values()]}, expected {tuple(clt.input_scale.shape)}")
+            clt.input_scale.copy_(scales["input_scale"])
+            clt.output_scale.copy_(scales["output_scale"])
+            elapsed = float(state["elapsed"])
         if is_main():
             trim_log(out / LOG, start)
     t0 = time.time() - elapsed

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from circuitry.artifacts import atomic_write_json, fingerprint, load_tensors, read_json, save_tensors
+from circuitry.artifacts import atomic_write_json, check_finite, fingerprint, load_tensors, read_json, save_tensors
 from circuitry.errors import CircuitryError
 from circuitry.zoo.language import LANGUAGE_OPTIONS
 
@@ -149,11 +149,12 @@ def load_model_dir(directory: str | Path, name: str | None = None):
         raise CircuitryError(f"{directory / 'model.safetensors'} does not match its recorded fingerprint (corrupt or modified)")
     if meta.get("config") != config:
         raise CircuitryError(f"{directory}: config.json does not match the config recorded with the weights")
+    check_finite(tensors, directory / "model.safetensors")
     tokenizer = load_tokenizer(directory) if (directory / "tokenizer.json").exists() else None
     try:
         model = build_model(config, tokenizer)
         missing, unexpected = model.load_state_dict(tensors, strict=False)
-    except (RuntimeError, TypeError, ValueError) as e:
+    except (RuntimeError, TypeError, ValueError, AssertionError) as e:  # TransformerLens asserts on bad config values
         raise CircuitryError(f"{directory}: weights do not fit config.json ({str(e).splitlines()[0]})") from None
     params = dict(model.named_parameters())
     missing = [k for k in missing if k in params]  # buffers (masks, rotary tables) are rebuilt from the config
