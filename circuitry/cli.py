@@ -216,12 +216,28 @@ _register_graph_commands(app, one_line_errors, _emit)
 
 
 def main() -> None:
-    """Entry point: usage errors come from typer (exit 2); input errors print one line (exit 1)."""
+    """Entry point: usage errors (a bad option value, a missing option: exit 2) and input errors (exit 1) print one
+    line; typer's own error panel would take six."""
     try:
-        app(standalone_mode=True)
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
     except CircuitryError as e:  # pragma: no cover - commands convert these below
         typer.echo(f"error: {e}", err=True)
         sys.exit(1)
+    except Exception as e:
+        # typer (0.29 vendors click as typer._click and exports only BadParameter) raises its usage errors here;
+        # they are recognised by click's exception interface
+        if not all(hasattr(e, a) for a in ("format_message", "show", "exit_code")):
+            raise
+        if type(e).__name__ == "NoArgsIsHelpError":  # a bare command group: its help, as typer shows it
+            e.show()
+            sys.exit(e.exit_code)
+        where = e.ctx.command_path if getattr(e, "ctx", None) else "circuitry"
+        typer.echo(f"error: {' '.join(e.format_message().split())} (see '{where} --help')", err=True)
+        sys.exit(e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -72,6 +72,14 @@ def test_console_script_exit_code_offline():
     assert proc.stderr.strip() == "error: unknown task 'nope'; built-in tasks: ioi, greater-than, induction, sva, docstring (or a .json/.jsonl file)"
 
 
+@pytest.mark.parametrize("args", [["eval", "--task", "ioi", "--n", "abc"], ["eval"], ["discover", "--bogus"]])
+def test_console_script_usage_errors_are_one_line(args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "circuitry.cli", *args], capture_output=True, text=True, env=env)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "--help" in lines[0], proc.stderr
+
+
 def test_sparsify_and_connectivity_commands(tmp_path):
     out = tmp_path / "sp"
     res = runner.invoke(app, ["sparsify", "--out", str(out), "--steps", "2", "--json"])
