@@ -54,6 +54,9 @@ def _discover_models(task: str, models: list[str], seeds: list[int], corruption:
     if len(loaded) == 2 and (hasattr(loaded[0][1], "gates") or not hasattr(loaded[1][1], "gates")):
         typer.echo(f"warning: {models[0]} has {'' if hasattr(loaded[0][1], 'gates') else 'no '}attention gates and {models[1]} "
                    f"has {'' if hasattr(loaded[1][1], 'gates') else 'no '}attention gates; is this the (dense, sparse) order?", err=True)  # fmt: skip
+    parent = getattr(loaded[-1][1], "circuitry_info", {}).get("parent") if len(loaded) == 2 else None
+    if parent is not None and Path(parent).name != Path(models[0]).name:
+        typer.echo(f"warning: {models[1]} was post-trained from {parent}, not from {models[0]}", err=True)
     runs: list[dict] = [{} for _ in seeds]
     for name, model, t in loaded:
         for run, seed in zip(runs, seeds):

@@ -272,3 +272,14 @@ def test_bad_files_and_options_fail_in_one_line_before_any_output(tmp_path, case
     lines = res.stderr.strip().splitlines()
     assert res.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_compare_warns_about_a_swapped_or_unrelated_pair(tmp_path):
+    shutil.copytree(ZOO_DIR / "tiny-dense", tmp_path / "other-dense")
+    cases = [(["--dense", "tiny-sparse", "--sparse", "tiny-dense"], "is this the (dense, sparse) order?"),
+             (["--dense", str(tmp_path / "other-dense")], "tiny-sparse was post-trained from tiny-dense, not from")]  # fmt: skip
+    for args, warning in cases:
+        res = runner.invoke(app, ["compare", "--task", "ioi", "--n-prompts", "3", *args])
+        assert res.exit_code == 0 and warning in res.stderr, res.stderr
+    res = runner.invoke(app, ["compare", "--task", "ioi", "--n-prompts", "3"])
+    assert res.exit_code == 0 and "warning" not in res.stderr, res.stderr

@@ -164,7 +164,7 @@ def load_model_dir(directory: str | Path, name: str | None = None):
     model.cfg.model_name = name or directory.name
     about = read_json(directory / "meta.json") if (directory / "meta.json").exists() else {}  # how it was trained
     model.circuitry_info = {"name": model.cfg.model_name, "path": str(directory), "fingerprint": meta["fingerprint"],
-                            **{k: about[k] for k in LANGUAGE_OPTIONS if k in about}}  # fmt: skip
+                            **{k: about[k] for k in (*LANGUAGE_OPTIONS, "parent") if k in about}}  # fmt: skip
     return model
 
 
