@@ -11,6 +11,7 @@ from typing import Callable, Optional
 
 import typer
 
+from circuitry.artifacts import check_out_dir
 from circuitry.errors import CircuitryError
 from circuitry.zoo.language import SHIPPED_IOI_SHARE
 from circuitry.zoo.pretrain import PretrainConfig
@@ -28,8 +29,6 @@ def one_line_errors(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             if kwargs.get("out") is not None:
-                from circuitry.artifacts import check_out_dir
-
                 check_out_dir(kwargs["out"])
             return fn(*args, **kwargs)
         except (CircuitryError, OSError) as e:

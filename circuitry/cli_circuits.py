@@ -51,9 +51,11 @@ def _discover_models(task: str, models: list[str], seeds: list[int], corruption:
         model = load_model(name)
         model.cfg.model_name = name
         loaded.append((name, model, get_task(task, model, corruption)))
-    if len(loaded) == 2 and (hasattr(loaded[0][1], "gates") or not hasattr(loaded[1][1], "gates")):
-        typer.echo(f"warning: {models[0]} has {'' if hasattr(loaded[0][1], 'gates') else 'no '}attention gates and {models[1]} "
-                   f"has {'' if hasattr(loaded[1][1], 'gates') else 'no '}attention gates; is this the (dense, sparse) order?", err=True)  # fmt: skip
+    gated = [hasattr(model, "gates") for _, model, _ in loaded]
+    if len(gated) == 2 and gated != [False, True]:
+        has = ["" if g else "no " for g in gated]
+        typer.echo(f"warning: {models[0]} has {has[0]}attention gates and {models[1]} has {has[1]}attention gates; "
+                   "is this the (dense, sparse) order?", err=True)  # fmt: skip
     parent = getattr(loaded[-1][1], "circuitry_info", {}).get("parent") if len(loaded) == 2 else None
     if parent is not None and Path(parent).name != Path(models[0]).name:
         typer.echo(f"warning: {models[1]} was post-trained from {parent}, not from {models[0]}", err=True)

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from circuitry.distributed import rank_and_world
 from circuitry.errors import CircuitryError
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -38,8 +39,6 @@ def check_options(
 ) -> int | None:
     """Refuse bad values before any work is done; returns the training sequence length (``seq_len``, default
     the model context ``n_ctx``). ``batch_size`` (global) must split over the processes and micro-batches."""
-    from circuitry.distributed import rank_and_world
-
     world = rank_and_world()[1]
     if batch_size is not None and grad_accum >= 1 and batch_size % (world * grad_accum):
         raise CircuitryError(f"batch size {batch_size} does not split into {world} process(es) x {grad_accum} equal micro-batches")

@@ -189,9 +189,7 @@ def build_graph(
             raise CircuitryError("empty prompt")
         tokens = model.to_tokens(prompt, truncate=False)[0]  # not silently cut to n_ctx: checked below
         token_strs = model.to_str_tokens(tokens)
-        unk = TokenView(model).unk_id
-        if unk is not None and unk in tokens.tolist():
-            raise CircuitryError(f"the prompt has words outside the tokenizer's vocabulary: {prompt!r}")
+        TokenView(model).check_vocabulary(tokens.tolist(), "the prompt", prompt)
     if len(tokens) > model.cfg.n_ctx:
         raise CircuitryError(f"prompt is {len(tokens)} tokens; the model's context is {model.cfg.n_ctx}")
     with torch.no_grad():

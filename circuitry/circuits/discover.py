@@ -97,8 +97,9 @@ def discover(
     )
     name = getattr(model.cfg, "model_name", "model")
     steps = ig_steps if method.startswith("eap-ig") else None
-    n_scored = len(task.pairs(n_prompts, seed))  # fewer than n_prompts when a task file has fewer records
-    return Discovery(name, task.name, method, n_scored, graph, scores, curve, time.time() - t0, ablation, selection, steps, seed)
+    # prompts actually scored: pairs(n, seed) is as long as the curve's pairs(n, seed + 1) (fewer than n_prompts when
+    # a task file has fewer records)
+    return Discovery(name, task.name, method, curve.n_prompts, graph, scores, curve, time.time() - t0, ablation, selection, steps, seed)
 
 
 def auto_batch_size(model, task: Task, graph: Graph, n_prompts: int, seed: int = 0, budget_bytes: int = 2**30) -> int:

@@ -70,17 +70,15 @@ def resolve_ablation(model, graph: Graph, batches: Sequence[TaskBatch], ablation
     check_ablation(ablation)
     if ablation != "mean":
         return ablation
-    total, count = None, None
+    pos = max(b.clean.shape[1] for b in batches)  # batches may be padded to different lengths
+    total = torch.zeros(pos, len(graph.sources), model.cfg.d_model, dtype=model.cfg.dtype, device=model.cfg.device)
+    count = torch.zeros(pos, dtype=model.cfg.dtype, device=model.cfg.device)
     for batch in batches:
         _, corrupt = record_sources(model, graph, batch.corrupt.to(model.cfg.device))
         w = position_mask(batch).to(corrupt)
-        t, c = einops.einsum(corrupt, w, "b p s d, b p -> p s d"), w.sum(0)
-        if total is not None:  # batches may have different lengths: accumulate over the longer one
-            pad = len(t) - len(total)
-            total = torch.nn.functional.pad(total, (0, 0, 0, 0, 0, max(pad, 0))) + torch.nn.functional.pad(t, (0, 0, 0, 0, 0, max(-pad, 0)))
-            count = torch.nn.functional.pad(count, (0, max(pad, 0))) + torch.nn.functional.pad(c, (0, max(-pad, 0)))
-        else:
-            total, count = t, c
+        p = corrupt.shape[1]
+        total[:p] += einops.einsum(corrupt, w, "b p s d, b p -> p s d")
+        count[:p] += w.sum(0)
     return MeanSources((total / count.clamp(min=1)[:, None, None])[None])
 
 

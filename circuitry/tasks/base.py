@@ -72,6 +72,11 @@ class TokenView:
         bos = self.tokenizer.bos_token_id
         return ([bos] if self.prepend_bos and bos is not None else []) + ids
 
+    def check_vocabulary(self, ids: list[int], what: str, text: str) -> None:
+        """Refuse ``text`` (already ``ids``) if a word of it fell outside the vocabulary (``<unk>``)."""
+        if self.unk_id is not None and self.unk_id in ids:
+            raise CircuitryError(f"{what} has words outside the tokenizer's vocabulary: {text!r}")
+
     def single_token(self, text: str) -> int | None:
         ids = self.encode(text)
         return ids[0] if len(ids) == 1 and ids[0] != self.unk_id else None
@@ -129,9 +134,8 @@ class Task(ABC):
                 )
             if self.view.n_ctx is not None and len(c) > self.view.n_ctx:
                 raise CircuitryError(f"{self.name} record {i}: the prompt is {len(c)} tokens, longer than the model's context ({self.view.n_ctx})")
-            for what, ids, text in (("clean prompt", c, p.clean), ("corrupt prompt", k, p.corrupt)):
-                if self.view.unk_id is not None and self.view.unk_id in ids:
-                    raise CircuitryError(f"{self.name} record {i}: the {what} has words outside the tokenizer's vocabulary: {text!r}")
+            self.view.check_vocabulary(c, f"{self.name} record {i}: the clean prompt", p.clean)
+            self.view.check_vocabulary(k, f"{self.name} record {i}: the corrupt prompt", p.corrupt)
             cleans.append(c)
             corrupts.append(k)
             correct.append(self._answer_ids(i, p.answers, "answer"))
