@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from circuitry.artifacts import load_tensors, save_tensors
 from circuitry.attribution.replacement import FrozenPoint, backward_rows, constant_injections, freeze, frozen_forward, write_points
 from circuitry.errors import CircuitryError
-from circuitry.tasks.base import TokenView
+from circuitry.tasks.base import check_context, prompt_tokens
 from circuitry.transcoders.clt import CrossLayerTranscoder
 
 
@@ -185,13 +185,9 @@ def build_graph(
         tokens, prompt = prompt, ""
         token_strs = [str(t) for t in tokens.tolist()]
     else:
-        if not prompt.strip():
-            raise CircuitryError("empty prompt")
-        tokens = model.to_tokens(prompt, truncate=False)[0]  # not silently cut to n_ctx: checked below
+        tokens = prompt_tokens(model, prompt)[0]
         token_strs = model.to_str_tokens(tokens)
-        TokenView(model).check_vocabulary(tokens.tolist(), "the prompt", prompt)
-    if len(tokens) > model.cfg.n_ctx:
-        raise CircuitryError(f"prompt is {len(tokens)} tokens; the model's context is {model.cfg.n_ctx}")
+    check_context(model, len(tokens))
     with torch.no_grad():
         point = freeze(model, clt, tokens)
         if max_feature_nodes is not None:

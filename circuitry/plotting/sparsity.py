@@ -10,6 +10,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from circuitry.errors import CircuitryError
+from circuitry.tasks.base import prompt_tokens
 
 
 @torch.no_grad()
@@ -20,7 +21,7 @@ def attention_patterns(models: dict, prompt: str, layer: int, heads: list[int] |
         raise CircuitryError("attention_patterns needs at least one model")
     first = models[names[0]]
     heads = heads if heads is not None else list(range(first.cfg.n_heads))
-    tokens = _prompt_tokens(first, prompt)
+    tokens = prompt_tokens(first, prompt)
     for name, model in models.items():
         if not 0 <= layer < model.cfg.n_layers or any(not 0 <= h < model.cfg.n_heads for h in heads):
             raise CircuitryError(f"{name} has {model.cfg.n_layers} layers x {model.cfg.n_heads} heads; "
@@ -30,7 +31,7 @@ def attention_patterns(models: dict, prompt: str, layer: int, heads: list[int] |
                         horizontal_spacing=0.02, vertical_spacing=0.08)  # fmt: skip
     for r, name in enumerate(names, start=1):
         model = models[name]
-        _, cache = model.run_with_cache(_prompt_tokens(model, prompt), names_filter=f"blocks.{layer}.attn.hook_pattern")
+        _, cache = model.run_with_cache(prompt_tokens(model, prompt), names_filter=f"blocks.{layer}.attn.hook_pattern")
         pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0]
         for c, h in enumerate(heads, start=1):
             fig.add_trace(go.Heatmap(z=pattern[h].numpy(), x=labels, y=labels, zmin=0, zmax=1, colorscale="Blues",
@@ -40,16 +41,6 @@ def attention_patterns(models: dict, prompt: str, layer: int, heads: list[int] |
             fig.update_xaxes(showticklabels=False, row=r, col=c)
     fig.update_layout(title=f"Attention patterns, layer {layer}: {prompt!r}", height=320 * len(names), width=max(600, 260 * len(heads)))
     return fig
-
-
-def _prompt_tokens(model, prompt: str) -> torch.Tensor:
-    """[1, pos] tokens of a non-empty prompt that fits the context (TransformerLens would truncate silently)."""
-    if not prompt or not prompt.strip():
-        raise CircuitryError("empty prompt")
-    tokens = model.to_tokens(prompt, truncate=False)
-    if tokens.shape[1] > model.cfg.n_ctx:
-        raise CircuitryError(f"prompt is {tokens.shape[1]} tokens; the model's context is {model.cfg.n_ctx}")
-    return tokens
 
 
 def training_curves(log_path: str | Path) -> go.Figure:

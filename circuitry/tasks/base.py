@@ -87,6 +87,23 @@ class TokenView:
         return kept, len(words) - len(kept)
 
 
+def prompt_tokens(model, prompt: str) -> Int[Tensor, "1 pos"]:
+    """[1, pos] tokens of a free-text prompt (BOS prepended as the model does), refused when empty, when a word
+    falls outside a word-level vocabulary, or when longer than the context (TransformerLens would cut it
+    silently)."""
+    if not prompt or not prompt.strip():
+        raise CircuitryError("empty prompt")
+    tokens = model.to_tokens(prompt, truncate=False)
+    TokenView(model).check_vocabulary(tokens[0].tolist(), "the prompt", prompt)
+    check_context(model, tokens.shape[1])
+    return tokens
+
+
+def check_context(model, n_tokens: int) -> None:
+    if n_tokens > model.cfg.n_ctx:
+        raise CircuitryError(f"prompt is {n_tokens} tokens; the model's context is {model.cfg.n_ctx}")
+
+
 class Task(ABC):
     """Base class of every task. Subclasses set the class attributes and implement ``sample_pair``."""
 
