@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,6 +54,29 @@ def check_out_dir(path: str | os.PathLike) -> Path:
                 raise CircuitryError(f"cannot write to {path}: {p} is a file, not a directory")
             break
     return path
+
+
+@contextmanager
+def staged_output(out: str | os.PathLike) -> Iterator[Path]:
+    """A fresh directory beside ``out`` to write a set of output files into (each still atomically). When the block
+    ends without error every file is moved into ``out`` by a rename (replacing an older file of the same name);
+    when it fails, none is. So a run that fails while writing its outputs leaves ``out`` as it was, not holding
+    some of them."""
+    out = check_out_dir(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield stage
+        moves = [(p, out / p.relative_to(stage)) for p in sorted(stage.rglob("*")) if p.is_file()]
+        for _, dest in moves:  # every obstacle is found before the first file moves
+            check_out_dir(dest.parent)
+            if dest.is_dir():
+                raise CircuitryError(f"cannot write {dest}: it is a directory")
+        for src, dest in moves:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dest)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -11,7 +11,7 @@ from typing import Callable, Optional
 
 import typer
 
-from circuitry.artifacts import check_out_dir
+from circuitry.artifacts import check_out_dir, staged_output
 from circuitry.errors import CircuitryError
 from circuitry.zoo.language import SHIPPED_IOI_SHARE
 from circuitry.zoo.pretrain import PretrainConfig
@@ -170,7 +170,8 @@ def connectivity_cmd(
     if out is not None:
         from circuitry.plotting import head_connectivity, save_figure
 
-        save_figure(head_connectivity(report), Path(out) / f"head_connectivity_{Path(model).name}")
+        with staged_output(out) as stage:
+            save_figure(head_connectivity(report), stage / f"head_connectivity_{Path(model).name}")
     ce = f", held-out CE {report.ce:.4f}" if report.ce is not None else ""
     _emit(result, as_json, [
         f"{model} on {task or 'held-out text'} (n={n}, mean length {report.seq_len:.1f}): connectivity {report.connectivity:.4f}, "

@@ -12,6 +12,7 @@ from typing import Optional
 
 import typer
 
+from circuitry.artifacts import staged_output
 from circuitry.errors import CircuitryError
 
 _METHOD_OPT = typer.Option("eap-local", "--method", help="eap-local (default), eap, eap-ig, eap-ig-node or exact.")
@@ -64,8 +65,9 @@ def _discover_models(task: str, models: list[str], seeds: list[int], corruption:
         for run, seed in zip(runs, seeds):
             run[name] = discover(model, t, method, n_prompts, seed, ablation=ablation, ig_steps=ig_steps, selection=selection)
     if out is not None:
-        for run, seed in zip(runs, seeds):
-            _write_discovery(run, Path(out) if len(seeds) == 1 else Path(out) / f"seed_{seed}")
+        with staged_output(out) as stage:
+            for run, seed in zip(runs, seeds):
+                _write_discovery(run, stage if len(seeds) == 1 else stage / f"seed_{seed}")
     return runs
 
 

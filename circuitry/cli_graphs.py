@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 
+from circuitry.artifacts import staged_output
 from circuitry.errors import CircuitryError
 
 clt_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Cross-layer transcoders.")
@@ -109,7 +110,8 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
         graph = attribute(m, c, prompt, node_threshold, edge_threshold, attention_pruned=attention_pruned)
         summary = {"model": model, **graph_summary(graph)}
         if out is not None:
-            _write_graph(graph, m, c, Path(out))
+            with staged_output(out) as stage:
+                _write_graph(graph, m, c, stage)
             summary["out"] = str(out)
         att = graph.info["attention"]
         emit(summary, as_json, [
@@ -154,7 +156,8 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
             prompts = [prompt]
         result = compare_graphs(pairs, prompts, node_threshold=node_threshold, edge_threshold=edge_threshold, attention_pruned=attention_pruned)
         if out is not None:
-            _write_comparison(result, Path(out))
+            with staged_output(out) as stage:
+                _write_comparison(result, stage)
         lines = [f"{'model':<14} {'nodes':>7} {'edges':>7} {'heads@80%':>10} {'(head,key)@80%':>15} {'per edge':>9} {'replacement':>12} {'completeness':>13}"]
         for name, r in result["models"].items():
             lines.append(f"{Path(name).name:<14} {r['nodes']:>7} {r['edges']:>7} {r['heads_80']:>10} {r['head_key_pairs_80']:>15} "
@@ -174,7 +177,6 @@ def _write_graph(graph, model, clt, out: Path) -> None:
     from circuitry.attribution import write_circuit_tracer_json
     from circuitry.plotting import attribution_graph_figure, head_loadings_figure, save_figure
 
-    out.mkdir(parents=True, exist_ok=True)
     graph.save(out / "graph.safetensors")
     write_circuit_tracer_json(graph, out, "graph", model, clt)
     save_figure(attribution_graph_figure(graph, model, clt), out / "attribution_graph")

@@ -283,3 +283,25 @@ def test_compare_warns_about_a_swapped_or_unrelated_pair(tmp_path):
         assert res.exit_code == 0 and warning in res.stderr, res.stderr
     res = runner.invoke(app, ["compare", "--task", "ioi", "--n-prompts", "3"])
     assert res.exit_code == 0 and "warning" not in res.stderr, res.stderr
+
+
+def test_outputs_are_written_all_or_none(tmp_path):
+    from circuitry.artifacts import atomic_write_json, staged_output
+
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError), staged_output(out) as stage:  # a failure halfway: nothing reaches out
+        atomic_write_json(stage / "a.json", {"a": 1})
+        raise RuntimeError("plot failed")
+    assert not out.exists() or not any(out.iterdir())
+    (out / "old.json").parent.mkdir(parents=True, exist_ok=True)
+    (out / "old.json").write_text("{}")
+    with staged_output(out) as stage:
+        atomic_write_json(stage / "sub" / "b.json", {"b": 2})
+        atomic_write_json(stage / "old.json", {"new": True})
+    assert json.loads((out / "sub" / "b.json").read_text()) == {"b": 2} and json.loads((out / "old.json").read_text()) == {"new": True}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging directory left behind
+    # the CLI: a directory where one output file goes fails in one line before any file is moved
+    (out / "circuit_tiny-dense.json").mkdir()
+    res = runner.invoke(app, ["discover", "--task", "ioi", "--model", "tiny-dense", "--n-prompts", "4", "--out", str(out)])
+    assert res.exit_code == 1 and res.output.strip().splitlines()[-1].startswith("error: cannot write")
+    assert not (out / "faithfulness_curves.html").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
