@@ -232,6 +232,18 @@ def _drop_clt_fingerprint(d):
     (d / "circuitry.json").write_text(json.dumps(record))
 
 
+def _edit_clt_hook(where: str):
+    def edit(d):
+        if where == "record":  # a valid hook, but not the one the weights were trained on
+            record = json.loads((d / "circuitry.json").read_text())
+            record["config"]["feature_input_hook"] = "hook_resid_pre"
+            (d / "circuitry.json").write_text(json.dumps(record))
+        else:
+            (d / "config.yaml").write_text((d / "config.yaml").read_text().replace("hook_resid_mid", "hook_resid_pre"))
+
+    return edit
+
+
 IOI = {"clean": "When Mary and John went to the store, John gave a drink to", "answer": " Mary", "wrong": " John"}
 
 
@@ -243,6 +255,8 @@ IOI = {"clean": "When Mary and John went to the store, John gave a drink to", "a
         ("answer_is_wrong", "both an answer and a wrong answer"),
         ("nan_weights", "non-finite values"),
         ("clt_record", "malformed or foreign file (KeyError: 'fingerprint')"),
+        ("clt_record_hook", "config differs from the one W_enc_0.safetensors was saved with (feature_input_hook)"),
+        ("clt_yaml_hook", "config.yaml feature_input_hook 'hook_resid_pre' disagrees"),
         ("out_is_file", "is a file, not a directory"),
         ("out_under_file", "is a file, not a directory"),
         ("same_pair", "name the same model"),
@@ -261,6 +275,8 @@ def test_bad_files_and_options_fail_in_one_line_before_any_output(tmp_path, case
         "answer_is_wrong": ["eval", "--task", _task_file(tmp_path, "same", {**IOI, "corrupt": IOI["clean"], "wrong": " Mary"})],
         "nan_weights": ["eval", "--task", "ioi", "--model", _edited_copy(tmp_path, ZOO_DIR / "tiny-dense", "m", _nan_weights)],
         "clt_record": ["clt", "eval", "--n", "4", "--clt", _edited_copy(tmp_path, ZOO_DIR / "tiny-dense" / "clt", "c", _drop_clt_fingerprint)],
+        "clt_record_hook": ["clt", "eval", "--n", "4", "--clt", _edited_copy(tmp_path, ZOO_DIR / "tiny-dense" / "clt", "c_record", _edit_clt_hook("record"))],
+        "clt_yaml_hook": ["clt", "eval", "--n", "4", "--clt", _edited_copy(tmp_path, ZOO_DIR / "tiny-dense" / "clt", "c_yaml", _edit_clt_hook("yaml"))],
         "out_is_file": ["connectivity", "--n", "4", "--out", str(tmp_path / "file")],
         "out_under_file": ["sparsify", "--steps", "2", "--out", str(tmp_path / "file" / "run")],
         "same_pair": ["compare-graphs", "--prompt", "When Mary", "--dense", "tiny-dense", "--sparse", "tiny-dense"],

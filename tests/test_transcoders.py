@@ -105,6 +105,11 @@ def test_load_refuses_corrupt_files_and_other_models(tmp_path):
     (tmp_path / "W_enc_0.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(CircuitryError, match="W_enc_0"):
         load_clt(tmp_path, model)
+    bogus = random_clt()
+    bogus.cfg.feature_input_hook = "hook_bogus"  # consistent record, yaml and headers, but no such hook in the model
+    save_clt(bogus, tmp_path / "bogus", model)
+    with pytest.raises(CircuitryError, match="the model has no hook 'hook_bogus'"):
+        load_clt(tmp_path / "bogus", model)
 
 
 def test_per_layer_transcoders_export_to_sae_lens(tmp_path):

@@ -99,12 +99,22 @@ def load_clt(directory: str | Path, model=None) -> CrossLayerTranscoder:
             tensors, meta = load_tensors(directory / name, kind="transcoder")
             if meta.get("fingerprint") != record["fingerprint"]:
                 raise CircuitryError(f"{directory / name} belongs to a different transcoder than {RECORD}")
+            if meta.get("config") != record["config"]:  # the weights' own header keeps the config they were trained with
+                changed = sorted(k for k in {**record["config"], **(meta.get("config") or {})} if (meta.get("config") or {}).get(k) != record["config"].get(k))
+                raise CircuitryError(f"{directory / RECORD}: config differs from the one {name} was saved with ({', '.join(changed)})")
             check_finite(tensors, directory / name)
             files[name] = tensors
+        for key in ("feature_input_hook", "feature_output_hook"):  # circuit-tracer reads the hooks from config.yaml
+            if config.get(key) != getattr(cfg, key):
+                raise CircuitryError(f"{directory}: config.yaml {key} {config.get(key)!r} disagrees with {RECORD} ({getattr(cfg, key)!r})")
         if fingerprint({f"{f}/{k}": v for f, ts in files.items() for k, v in ts.items()}) != record["fingerprint"]:
             raise CircuitryError(f"{directory}: transcoder weights do not match their fingerprint (corrupt or modified)")
         if model is not None and record["model_fingerprint"] != model_fingerprint(model):
             raise CircuitryError(f"{directory} was trained on a different model than {model.cfg.model_name} (fingerprint mismatch)")
+        if model is not None:
+            missing = [h for h in (cfg.feature_input_hook, cfg.feature_output_hook) if f"blocks.0.{h}" not in model.hook_dict]
+            if missing:
+                raise CircuitryError(f"{directory}: the model has no hook {missing[0]!r} (blocks.<layer>.{missing[0]})")
         clt = CrossLayerTranscoder(cfg)
         with torch.no_grad():
             for l in range(cfg.n_layers):
