@@ -152,7 +152,7 @@ def connectivity_cmd(
     task: Optional[str] = typer.Option(None, "--task", help="Measure on this task's clean prompts instead of held-out text."),
     n: int = typer.Option(1024, "--n", help="Held-out sequences (or task prompts)."),
     seed: int = typer.Option(1, "--seed"),
-    out: Optional[Path] = typer.Option(None, "--out", help="Directory for the per-head plot (and a patterns plot)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Directory for the per-head plot (head_connectivity_<model>.html)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Share of causal attention edges kept, keys per query and the 1-key floor."""
