@@ -63,7 +63,7 @@ def _discover_models(task: str, models: list[str], seeds: list[int], corruption:
     runs: list[dict] = [{} for _ in seeds]
     for name, model, t in loaded:
         for run, seed in zip(runs, seeds):
-            run[name] = discover(model, t, method, n_prompts, seed, ablation=ablation, ig_steps=ig_steps, selection=selection)
+            run[name] = discover(model, t, method, n_prompts, seed, ablation=ablation, ig_steps=ig_steps, selection=selection, progress=None)
     if out is not None:
         with staged_output(out) as stage:
             for run, seed in zip(runs, seeds):

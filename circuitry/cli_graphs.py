@@ -154,7 +154,7 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
             prompts = [p.clean for p in get_task(task, pairs[dense][0]).pairs(n, seed)]
         else:
             prompts = [prompt]
-        result = compare_graphs(pairs, prompts, node_threshold=node_threshold, edge_threshold=edge_threshold, attention_pruned=attention_pruned)
+        result = compare_graphs(pairs, prompts, node_threshold=node_threshold, edge_threshold=edge_threshold, attention_pruned=attention_pruned, progress=None)
         if out is not None:
             with staged_output(out) as stage:
                 _write_comparison(result, stage)

@@ -11,6 +11,7 @@ from circuitry.circuits import (
     Circuit,
     Graph,
     budget_mask,
+    discover,
     eap_scores,
     exact_edge_scores,
     faithfulness,
@@ -361,3 +362,13 @@ def test_crossing_ignores_a_spike_before_a_dip():
     curve = FaithfulnessCurve(pts[:3] + pts[4:], 1.0, 0.0, 0.0, 0.0, refined=[pts[3]])
     assert curve.crossing(0.9).budget == 80 and curve.crossing(0.6).budget == 20 and curve.crossing(0.05).budget == 10
     assert curve.crossing(1.01) is None
+
+
+def test_discover_progress_bars_only_when_asked(dense, capsys):
+    task = get_task("ioi", dense)
+    shown = discover(dense, task, method="exact", n_prompts=4, progress=True)
+    err = capsys.readouterr().err
+    assert "exact patching" in err and "faithfulness curve" in err
+    quiet = discover(dense, task, method="exact", n_prompts=4)  # the library default: no output
+    assert capsys.readouterr().err == "" and torch.equal(shown.scores, quiet.scores)
+    assert shown.to_dict()["faithfulness_curve"] == quiet.to_dict()["faithfulness_curve"]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 from circuitry.attribution.attention import attention_split, attention_summary
 from circuitry.attribution.export import to_circuit_tracer_json, write_circuit_tracer_json
 from circuitry.attribution.graph import AttributionGraph, build_graph, salient_logits, target_values
 from circuitry.attribution.prune import apply_pruning, graph_scores, prune
+from circuitry.progress import progress_bar
 
 __all__ = [
     "AttributionGraph", "build_graph", "salient_logits", "target_values", "prune", "apply_pruning", "graph_scores",
@@ -62,14 +64,16 @@ def graph_summary(graph: AttributionGraph) -> dict[str, Any]:
     }
 
 
-def compare_graphs(pairs: dict[str, tuple[Any, Any]], prompts: list[str], **kwargs) -> dict[str, Any]:
+def compare_graphs(pairs: dict[str, tuple[Any, Any]], prompts: list[str], progress: bool | None = False, **kwargs) -> dict[str, Any]:
     """Attribution graphs of every prompt on every (model, clt); medians per model, and the dense/sparse
-    ratio of medians when exactly two models are given (first / second)."""
+    ratio of medians when exactly two models are given (first / second). ``progress``: a bar over the graphs
+    (None: only on a terminal)."""
     out: dict[str, Any] = {"n_prompts": len(prompts), "models": {}}
     keys = ("nodes", "edges", "replacement_score", "completeness_score", "heads_80", "head_key_pairs_80", "heads_80_raw",
             "head_key_pairs_80_raw", "edge_heads_80_median", "edge_head_key_pairs_80_median", "seconds")  # fmt: skip
     for name, (model, clt) in pairs.items():
-        per = [graph_summary(attribute(model, clt, p, **kwargs)) for p in prompts]
+        bar = progress_bar(prompts, desc=f"attribution graphs {Path(name).name}", unit="graph", progress=progress)
+        per = [graph_summary(attribute(model, clt, p, **kwargs)) for p in bar]
         out["models"][name] = {k: statistics.median(r[k] for r in per) for k in keys} | {"per_prompt": per}
     if len(pairs) == 2:
         a, b = (out["models"][n] for n in pairs)

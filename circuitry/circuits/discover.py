@@ -75,9 +75,11 @@ def discover(
     grid_points: int = 16,
     batch_size: int | None = None,
     selection: str = "abs",
+    progress: bool | None = False,
 ) -> Discovery:
     """Score every edge with ``method``, then measure faithfulness of top-k circuits by patched forwards.
-    ``batch_size`` None: as many prompts per batch as :func:`auto_batch_size` allows."""
+    ``batch_size`` None: as many prompts per batch as :func:`auto_batch_size` allows. ``progress``: bars over
+    exact patching and the curve (None: only on a terminal)."""
     if method not in METHODS:
         raise CircuitryError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if n_prompts <= 0:
@@ -87,13 +89,13 @@ def discover(
     graph = Graph.from_model(model)
     batch_size = auto_batch_size(model, task, graph, n_prompts, seed) if batch_size is None else batch_size
     if method == "exact":
-        scores = exact_edge_scores(model, task, graph, ablation, n=n_prompts, seed=seed, batch_size=batch_size)
+        scores = exact_edge_scores(model, task, graph, ablation, n=n_prompts, seed=seed, batch_size=batch_size, progress=progress)
     else:
         scores = eap_scores(model, task, graph, method, ig_steps=ig_steps, ablation=ablation, n=n_prompts, seed=seed, batch_size=batch_size)
     scores = torch.nan_to_num(scores)
     curve = faithfulness_curve(
         model, task, graph, scores, ablation, default_grid(graph.n_edges, grid_points), n=n_prompts, seed=seed + 1, batch_size=batch_size,
-        selection=selection,
+        selection=selection, progress=progress,
     )
     name = getattr(model.cfg, "model_name", "model")
     steps = ig_steps if method.startswith("eap-ig") else None

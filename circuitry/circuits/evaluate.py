@@ -36,6 +36,7 @@ from circuitry.circuits.patching import (
 )
 from circuitry.circuits.selection import Circuit, budget_mask, check_selection, prune
 from circuitry.errors import CircuitryError
+from circuitry.progress import progress_bar
 from circuitry.tasks.base import Task, TaskBatch
 
 
@@ -173,6 +174,7 @@ def faithfulness_curve(
     batch_size: int = 50,
     refine: int = 3,
     selection: str = "abs",
+    progress: bool | None = False,
 ) -> FaithfulnessCurve:
     """Faithfulness of the pruned k-edge circuits over a log-spaced grid of k.
 
@@ -181,7 +183,8 @@ def faithfulness_curve(
     ``scores`` defaults to ``graph.scores``; ``grid`` to :func:`default_grid`. Returns the points,
     CPR, CMD (module docstring) and the circuits where f reaches 0.8 and 0.9 for good (``crossing``); for those,
     ``refine`` bisection steps between grid budgets (extra patched runs, kept in ``refined``) narrow the
-    edge count beyond the grid's spacing.
+    edge count beyond the grid's spacing. ``progress``: a bar over the evaluated circuits (None: only on a
+    terminal).
     """
     check_ablation(ablation)
     check_selection(selection)
@@ -197,12 +200,14 @@ def faithfulness_curve(
     m_full, m_empty = metric_means(model, batches, graph, [full, empty], metric_fn, resolved, abls)
 
     known = {empty.numpy().tobytes(): m_empty, full.numpy().tobytes(): m_full}  # one patched run per distinct circuit
+    bar = progress_bar(total=len(grid) + 2 * refine, desc="faithfulness curve", unit="run", progress=progress)  # at most (bisection may stop early)
 
     def evaluate(budgets: Sequence[int]) -> list[CurvePoint]:
         circuits = [Circuit.from_mask(graph, prune(graph, budget_mask(graph, scores, k, selection))) for k in budgets]
         keys = [c.edge_mask.numpy().tobytes() for c in circuits]
         new = {k: c.edge_mask for k, c in zip(keys, circuits) if k not in known}
         known.update(zip(new, metric_means(model, batches, graph, list(new.values()), metric_fn, resolved, abls)))
+        bar.update(len(budgets))
         means = [known[k] for k in keys]
         return [CurvePoint(k, c.n_edges, c.n_heads, c.n_mlps, m, _ratio(m, m_full, m_empty)) for k, c, m in zip(budgets, circuits, means)]
 
@@ -213,6 +218,7 @@ def faithfulness_curve(
     curve = FaithfulnessCurve(points, m_full, m_empty, cpr, cmd, ablation=ablation, n_prompts=n_prompts, selection=selection)
     for t in (0.8, 0.9):
         _bisect(curve, t, refine, evaluate)
+    bar.close()
     for t in (0.8, 0.9):  # after both: a point added for 0.9 may move the 0.8 crossing
         best = curve.crossing(t)
         if best is not None:

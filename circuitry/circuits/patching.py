@@ -17,6 +17,7 @@ from torch import Tensor
 
 from circuitry.circuits.graph import Graph, SourceHook, TargetHook, graph_flags, record_sources, source_outputs
 from circuitry.errors import CircuitryError
+from circuitry.progress import progress_bar
 from circuitry.tasks.base import Task, TaskBatch
 
 Ablation = Literal["corrupt", "mean", "zero"]
@@ -294,13 +295,14 @@ def exact_edge_scores(
     seed: int = 0,
     batch_size: int = 20,
     max_rows: int = 640,
+    progress: bool | None = False,
 ) -> Float[Tensor, " edge"]:
     """Per edge: mean over prompts of m(clean run with only that edge ablated) - m(clean run).
 
     ``edges`` (names or indices) restricts the work; other entries are NaN. With one edge ablated,
     everything upstream of its target is the clean run, so each ablation starts from the cached
     clean residual stream at the target's layer; up to ``max_rows`` rows (copies x prompts) go
-    through the model at once.
+    through the model at once. ``progress``: a bar over the stacked runs (None: only on a terminal).
     """
     graph = Graph.from_model(model) if graph is None else graph
     graph.check_model(model)
@@ -310,6 +312,9 @@ def exact_edge_scores(
     tgt_layer = torch.tensor([target_layer(graph, t) for t in range(len(graph.targets))])[graph.edge_dst[which]]
     total = torch.zeros(len(which), dtype=torch.float64)
     n_prompts = 0
+    per_layer = torch.bincount(tgt_layer, minlength=graph.n_layers + 1).tolist()
+    runs = sum(-(-count // max(1, max_rows // len(batch))) for batch in batches for count in per_layer)
+    bar = progress_bar(total=runs, desc="exact patching", unit="run", progress=progress)
     for batch in batches:
         b = len(batch)
         tokens = batch.clean.to(model.cfg.device)
@@ -329,7 +334,9 @@ def exact_edge_scores(
                 k = len(chunk)
                 m = metric_fn(logits, repeat_batch(batch, k)).double().view(k, b)
                 total[chunk] += (m - m_clean[None]).sum(1).cpu()
+                bar.update()
         n_prompts += b
+    bar.close()
     out = torch.full((graph.n_edges,), float("nan"))
     out[which] = (total / n_prompts).float()
     return out
