@@ -184,10 +184,10 @@ def build_graph(
     if isinstance(prompt, Tensor):
         tokens, prompt = prompt, ""
         token_strs = [str(t) for t in tokens.tolist()]
+        check_context(model, len(tokens))
     else:
-        tokens = prompt_tokens(model, prompt)[0]
+        tokens = prompt_tokens(model, prompt)[0]  # checked: not empty, known words, fits the context
         token_strs = model.to_str_tokens(tokens)
-    check_context(model, len(tokens))
     with torch.no_grad():
         point = freeze(model, clt, tokens)
         if max_feature_nodes is not None:
