@@ -312,10 +312,11 @@ def exact_edge_scores(
     tgt_layer = torch.tensor([target_layer(graph, t) for t in range(len(graph.targets))])[graph.edge_dst[which]]
     total = torch.zeros(len(which), dtype=torch.float64)
     n_prompts = 0
+    copies = [max(1, max_rows // len(batch)) for batch in batches]  # edges ablated at once, per batch
     per_layer = torch.bincount(tgt_layer, minlength=graph.n_layers + 1).tolist()
-    runs = sum(-(-count // max(1, max_rows // len(batch))) for batch in batches for count in per_layer)
+    runs = sum(-(-count // k) for k in copies for count in per_layer)
     bar = progress_bar(total=runs, desc="exact patching", unit="run", progress=progress)
-    for batch in batches:
+    for batch, k_max in zip(batches, copies):
         b = len(batch)
         tokens = batch.clean.to(model.cfg.device)
         resid: dict[int, Tensor] = {}
@@ -323,7 +324,6 @@ def exact_edge_scores(
             clean_logits, clean = record_sources(model, graph, tokens)
         m_clean = metric_fn(clean_logits, batch).double()
         diff = clean - ablated_sources(model, graph, batch, ablation)
-        k_max = max(1, max_rows // b)
         for layer in range(graph.n_layers + 1):
             pos = (tgt_layer == layer).nonzero().flatten()
             for start in range(0, len(pos), k_max):

@@ -99,8 +99,9 @@ def load_clt(directory: str | Path, model=None) -> CrossLayerTranscoder:
             tensors, meta = load_tensors(directory / name, kind="transcoder")
             if meta.get("fingerprint") != record["fingerprint"]:
                 raise CircuitryError(f"{directory / name} belongs to a different transcoder than {RECORD}")
-            if meta.get("config") != record["config"]:  # the weights' own header keeps the config they were trained with
-                changed = sorted(k for k in {**record["config"], **(meta.get("config") or {})} if (meta.get("config") or {}).get(k) != record["config"].get(k))
+            saved = meta.get("config") or {}  # the weights' own header keeps the config they were trained with
+            if saved != record["config"]:
+                changed = sorted(k for k in saved.keys() | record["config"].keys() if saved.get(k) != record["config"].get(k))
                 raise CircuitryError(f"{directory / RECORD}: config differs from the one {name} was saved with ({', '.join(changed)})")
             check_finite(tensors, directory / name)
             files[name] = tensors
