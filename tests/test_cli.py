@@ -53,7 +53,7 @@ def _bad_task_file(tmp_path):
         (["--task", "ioi", "--model", "gpt2"], "offline"),
         (["--task", "ioi", "--n", "0"], "positive"),
         (["--task", "ioi", "--corruption", "zzz"], "no corruption"),
-        (["--task", "BAD_TASK"], "record 0: clean and corrupt differ"),
+        (["--task", "BAD_TASK"], "bad.jsonl line 1: clean and corrupt differ"),
         (["--task", "ioi", "--model", "BAD_WEIGHTS"], "not a valid safetensors file"),
     ],
 )

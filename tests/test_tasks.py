@@ -94,16 +94,28 @@ def test_custom_json_and_jsonl(dense, tmp_path):
 @pytest.mark.parametrize(
     "record, message",
     [
-        ({"clean": "The capital of France is", "corrupt": "The capital of is", "answer": "Paris", "wrong": "Rome"}, "record 1: clean and corrupt differ in token length"),
-        ({"clean": "The capital of France is", "corrupt": "The capital of Italy is", "answer": "Paris Rome", "wrong": "Rome"}, "record 1: answer 'Paris Rome' is not a single token"),
-        ({"clean": "The capital of France is", "corrupt": "The capital of Italy is", "wrong": "Rome"}, "record 1: 'answer'"),
+        ({"clean": "The capital of France is", "corrupt": "The capital of is", "answer": "Paris", "wrong": "Rome"}, "bad.jsonl line 3: clean and corrupt differ in token length"),
+        ({"clean": "The capital of France is", "corrupt": "The capital of Italy is", "answer": "Paris Rome", "wrong": "Rome"}, "bad.jsonl line 3: answer 'Paris Rome' is not a single token"),
+        ({"clean": "The capital of France is", "corrupt": "The capital of Italy is", "wrong": "Rome"}, "bad.jsonl line 3: 'answer'"),
     ],
 )
 def test_bad_custom_records_are_named(dense, tmp_path, record, message):
     good = {"clean": "The capital of Spain is", "corrupt": "The capital of Italy is", "answer": "Madrid", "wrong": "Rome"}
     path = tmp_path / "bad.jsonl"
-    path.write_text(json.dumps(good) + "\n" + json.dumps(record))
+    path.write_text(json.dumps(good) + "\n\n" + json.dumps(record))  # a blank line: errors name file lines
     with pytest.raises(CircuitryError, match=message):
+        get_task(str(path), dense)
+    js = tmp_path / "bad.json"  # a .json list: records are named by 1-based position
+    js.write_text(json.dumps([good, record]))
+    with pytest.raises(CircuitryError, match=message.replace("bad.jsonl line 3", "bad.json record 2")):
+        get_task(str(js), dense)
+
+
+def test_broken_jsonl_line_is_named(dense, tmp_path):
+    path = tmp_path / "t.jsonl"
+    good = {"clean": "The capital of Spain is", "corrupt": "The capital of Italy is", "answer": "Madrid", "wrong": "Rome"}
+    path.write_text(json.dumps(good) + "\n" + json.dumps(good) + "\n" + '{"clean": "The capital"\n')
+    with pytest.raises(CircuitryError, match=r"t.jsonl line 3 is not valid JSON: .* \(column \d+\)"):
         get_task(str(path), dense)
 
 

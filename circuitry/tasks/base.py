@@ -135,30 +135,35 @@ class Task(ABC):
         rng = random.Random(f"{self.name}|{self.corruption}|{seed}")
         return [self.sample_pair(rng) for _ in range(n)]
 
-    def tokenize(self, pairs: Sequence[PromptPair]) -> TaskBatch:
-        """Tokenize pairs; every clean/corrupt pair must have equal token length."""
+    def tokenize(self, pairs: Sequence[PromptPair], labels: Sequence[str] | None = None) -> TaskBatch:
+        """Tokenize pairs; every clean/corrupt pair must have equal token length.
+
+        ``labels`` name the pairs in error messages (a custom task passes "task file F line 7"); by default
+        "TASK record i", i the 0-based position in ``pairs``.
+        """
         if not pairs:
             raise CircuitryError("no prompts to tokenize")
         cleans, corrupts, correct, wrong = [], [], [], []
         for i, p in enumerate(pairs):
+            where = labels[i] if labels is not None else f"{self.name} record {i}"
             c, k = self.view.prompt_ids(p.clean), self.view.prompt_ids(p.corrupt)
             if len(c) <= (1 if self.view.prepend_bos else 0):
-                raise CircuitryError(f"{self.name} record {i}: empty prompt")
+                raise CircuitryError(f"{where}: empty prompt")
             if len(c) != len(k):
                 raise CircuitryError(
-                    f"{self.name} record {i}: clean and corrupt differ in token length "
+                    f"{where}: clean and corrupt differ in token length "
                     f"({len(c)} vs {len(k)}): {p.clean!r} / {p.corrupt!r}"
                 )
             if self.view.n_ctx is not None and len(c) > self.view.n_ctx:
-                raise CircuitryError(f"{self.name} record {i}: the prompt is {len(c)} tokens, longer than the model's context ({self.view.n_ctx})")
-            self.view.check_vocabulary(c, f"{self.name} record {i}: the clean prompt", p.clean)
-            self.view.check_vocabulary(k, f"{self.name} record {i}: the corrupt prompt", p.corrupt)
+                raise CircuitryError(f"{where}: the prompt is {len(c)} tokens, longer than the model's context ({self.view.n_ctx})")
+            self.view.check_vocabulary(c, f"{where}: the clean prompt", p.clean)
+            self.view.check_vocabulary(k, f"{where}: the corrupt prompt", p.corrupt)
             cleans.append(c)
             corrupts.append(k)
-            correct.append(self._answer_ids(i, p.answers, "answer"))
-            wrong.append(self._answer_ids(i, p.wrongs, "wrong"))
+            correct.append(self._answer_ids(where, p.answers, "answer"))
+            wrong.append(self._answer_ids(where, p.wrongs, "wrong"))
             if set(correct[-1]) & set(wrong[-1]):
-                raise CircuitryError(f"{self.name} record {i}: the same token is both an answer and a wrong answer")
+                raise CircuitryError(f"{where}: the same token is both an answer and a wrong answer")
         return TaskBatch(
             clean=_pad(cleans, self.view.pad_id),
             corrupt=_pad(corrupts, self.view.pad_id),
@@ -168,14 +173,14 @@ class Task(ABC):
             pairs=list(pairs),
         )
 
-    def _answer_ids(self, i: int, texts: Sequence[str], what: str) -> list[int]:
+    def _answer_ids(self, where: str, texts: Sequence[str], what: str) -> list[int]:
         if not texts:
-            raise CircuitryError(f"{self.name} record {i}: no {what} given")
+            raise CircuitryError(f"{where}: no {what} given")
         ids = []
         for t in texts:
             tid = self.view.single_token(t)
             if tid is None:
-                raise CircuitryError(f"{self.name} record {i}: {what} {t!r} is not a single token for this tokenizer")
+                raise CircuitryError(f"{where}: {what} {t!r} is not a single token for this tokenizer")
             ids.append(tid)
         return ids
 

@@ -14,7 +14,9 @@ from circuitry.errors import CircuitryError
 from circuitry.tasks.base import PromptPair, Task
 
 
-def read_records(path: Path) -> tuple[list[dict], str]:
+def read_records(path: Path) -> tuple[list[dict], list[str], str]:
+    """The records of a task file, a label for each ("task file F line 7" in .jsonl, "record 3", 1-based, in
+    .json) and the metric."""
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
@@ -22,26 +24,34 @@ def read_records(path: Path) -> tuple[list[dict], str]:
     metric = "logit_diff"
     try:
         if path.suffix == ".jsonl":
-            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+            lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+            labels = [f"task file {path} line {n}" for n, _ in lines]
+            records = []
+            for n, line in lines:
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise CircuitryError(f"task file {path} line {n} is not valid JSON: {e.msg} (column {e.colno})") from None
         else:
             data = json.loads(text)
             if isinstance(data, dict):
                 metric = data.get("metric", metric)
                 data = data.get("records")
             records = data
+            labels = [f"task file {path} record {i}" for i in range(1, len(records) + 1)] if isinstance(records, list) else []
     except json.JSONDecodeError as e:
         raise CircuitryError(f"task file {path} is not valid JSON: {e}") from None
     if not isinstance(records, list) or not records:
         raise CircuitryError(f"task file {path} holds no records")
-    return records, metric
+    return records, labels, metric
 
 
-def _strings(record: dict, key: str, i: int, path: Path) -> tuple[str, ...]:
+def _strings(record: dict, key: str, where: str) -> tuple[str, ...]:
     value = record.get(key)
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-        raise CircuitryError(f"task file {path} record {i}: {key!r} must be a non-empty string or list of strings")
+        raise CircuitryError(f"{where}: {key!r} must be a non-empty string or list of strings")
     return tuple(value)
 
 
@@ -52,18 +62,18 @@ class CustomTask(Task):
 
     def __init__(self, path: str | Path, model_or_tokenizer, corruption: str | None = None):
         self.path = Path(path)
-        records, metric = read_records(self.path)
+        records, self.labels, metric = read_records(self.path)
         if metric not in ("logit_diff", "prob_diff"):
             raise CircuitryError(f"task file {self.path}: unknown metric {metric!r}")
         self.name, self.metric_kind = self.path.stem, metric
         self.records = []
-        for i, r in enumerate(records):
+        for r, where in zip(records, self.labels):
             if not isinstance(r, dict):
-                raise CircuitryError(f"task file {self.path} record {i}: not an object")
-            clean, corrupt = _strings(r, "clean", i, self.path)[0], _strings(r, "corrupt", i, self.path)[0]
-            self.records.append(PromptPair(clean, corrupt, _strings(r, "answer", i, self.path), _strings(r, "wrong", i, self.path)))
+                raise CircuitryError(f"{where}: not an object")
+            fields = [_strings(r, key, where) for key in ("clean", "corrupt", "answer", "wrong")]
+            self.records.append(PromptPair(fields[0][0], fields[1][0], fields[2], fields[3]))
         super().__init__(model_or_tokenizer, corruption)
-        self.tokenize(self.records)  # validate every record once, naming the offending one
+        self.tokenize(self.records, self.labels)  # validate every record once, naming the offending one
 
     def sample_pair(self, rng: random.Random) -> PromptPair:
         return rng.choice(self.records)
