@@ -15,23 +15,25 @@ from circuitry.tasks.base import prompt_tokens
 
 @torch.no_grad()
 def attention_patterns(models: dict, prompt: str, layer: int, heads: list[int] | None = None) -> go.Figure:
-    """Heatmaps of ``blocks.{layer}.attn.hook_pattern`` on ``prompt``: one row per model, one column per head."""
+    """Heatmaps of ``blocks.{layer}.attn.hook_pattern`` on ``prompt``: one row per model, one column per head.
+
+    Each model tokenizes the prompt itself, and its row is labelled with its own tokens."""
     names = list(models)
     if not names:
         raise CircuitryError("attention_patterns needs at least one model")
     first = models[names[0]]
     heads = heads if heads is not None else list(range(first.cfg.n_heads))
-    tokens = prompt_tokens(first, prompt)
+    tokens = {name: prompt_tokens(model, prompt) for name, model in models.items()}
     for name, model in models.items():
         if not 0 <= layer < model.cfg.n_layers or any(not 0 <= h < model.cfg.n_heads for h in heads):
             raise CircuitryError(f"{name} has {model.cfg.n_layers} layers x {model.cfg.n_heads} heads; "
                                  f"asked for layer {layer}, heads {heads}")  # fmt: skip
-    labels = [f"{i}:{t}" for i, t in enumerate(first.to_str_tokens(tokens[0]))]
     fig = make_subplots(rows=len(names), cols=len(heads), subplot_titles=[f"{n} L{layer}H{h}" for n in names for h in heads],
                         horizontal_spacing=0.02, vertical_spacing=0.08)  # fmt: skip
     for r, name in enumerate(names, start=1):
         model = models[name]
-        _, cache = model.run_with_cache(prompt_tokens(model, prompt), names_filter=f"blocks.{layer}.attn.hook_pattern")
+        labels = [f"{i}:{t}" for i, t in enumerate(model.to_str_tokens(tokens[name][0]))]
+        _, cache = model.run_with_cache(tokens[name], names_filter=f"blocks.{layer}.attn.hook_pattern")
         pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0]
         for c, h in enumerate(heads, start=1):
             fig.add_trace(go.Heatmap(z=pattern[h].numpy(), x=labels, y=labels, zmin=0, zmax=1, colorscale="Blues",
