@@ -80,9 +80,10 @@ def _write_discovery(results: dict, out: Path) -> None:
         stem = Path(name).name
         circuit = r.circuit(0.9)
         atomic_write_json(out / f"circuit_{stem}.json", {**r.to_dict(), "circuit_at_0.9": circuit.to_dict() if circuit else None})
-        save_figure(head_importance(r.graph, r.scores), out / f"head_importance_{stem}")
+        title = f"{stem}, {r.task} ({r.method}, circuit at f >= 0.9)"
+        save_figure(head_importance(r.graph, r.scores, circuit, title), out / f"head_importance_{stem}")
         if circuit is not None:
-            save_figure(circuit_graph(circuit), out / f"circuit_{stem}")
+            save_figure(circuit_graph(circuit, title=title), out / f"circuit_{stem}")
 
 
 def _run_report(results: dict, pair: tuple[str, str] | None) -> tuple[dict, list[str], list[str]]:

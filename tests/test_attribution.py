@@ -220,6 +220,16 @@ def test_sparse_zoo_model_graph_is_exact_with_gated_patterns():
     actual, const = target_values(model, clt, graph)
     predicted = const + graph.adjacency[rows_of(graph)].sum(1)
     assert torch.allclose(predicted, actual, atol=1e-4 * actual.abs().max().item())
+    # feature labels: the logit lens of the last-layer write, never a special token (<pad>, <bos>, ...)
+    from circuitry.attribution.export import feature_labels
+
+    labels = feature_labels(model, clt, graph)
+    specials = {repr(t) for t in model.tokenizer.all_special_tokens}
+    assert len(labels) == graph.n_features and not any(w in specials for text in labels.values() for w in text[2:].split(" "))
+    layer, _, feat = graph.active_features[0].tolist()
+    lens = clt.feature_write(layer, feat)[-1].detach() @ model.W_U
+    lens[model.tokenizer.all_special_ids] = float("-inf")
+    assert labels[0] == "→ " + " ".join(repr(model.tokenizer.decode([t])) for t in lens.topk(3).indices.tolist())
 
 
 def test_feature_cap_folds_the_rest_into_errors_and_stays_exact():

@@ -56,3 +56,48 @@ def test_attention_patterns_label_each_model_with_its_own_tokens(tmp_path):
         want = [f"{i}:{t}" for i, t in enumerate(model.to_str_tokens(PROMPT))]
         assert list(trace.y) == want and trace.z.shape == (len(want), len(want))
     assert len(fig.data[0].y) != len(fig.data[1].y)
+
+
+def test_circuit_graph_draws_each_edge_apart_with_its_sign():
+    """Every circuit edge is one line with its own end point (q / k / v of one head apart), coloured by the sign of
+    its score as the legend says, and its name and score are in the hover text."""
+    from circuitry.circuits import Graph
+    from circuitry.circuits.selection import Circuit
+    from circuitry.plotting import circuit_graph, head_importance
+    from circuitry.plotting.circuits import HELPS, HURTS
+
+    graph = Graph.from_model(load_model("tiny-dense"))
+    scores = torch.randn(graph.n_edges, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(graph.n_edges, dtype=torch.bool)
+    names = graph.edge_names
+    picked = [names.index(f"a0.h3->a2.h1<{c}>") for c in "qkv"] + [i for i, n in enumerate(names) if n.startswith("m0->")][:9]
+    mask[picked] = True
+    circuit = Circuit.from_mask(graph, mask, scores)
+    fig = circuit_graph(circuit, title="tiny-dense, test")
+    lines = [t for t in fig.data if t.mode == "lines" and t.showlegend is False]
+    assert len(lines) == circuit.n_edges == 12
+    assert len({(t.x[0], t.y[0], t.x[-1], t.y[-1]) for t in lines}) == 12  # q, k and v of a2.h1 end apart
+    hover = next(t for t in fig.data if t.mode == "markers" and t.hoverinfo == "text" and len(t.x) == 12)
+    by_name = {text.split("<br>")[0]: (text, colour) for text, colour in zip(hover.text, hover.marker.color)}
+    for i in picked:
+        text, colour = by_name[names[i]]
+        assert f"score {float(scores[i]):.4g}" in text and colour == (HELPS if scores[i] <= 0 else HURTS)
+    assert fig.layout.title.text.startswith("tiny-dense, test: 12 edges")
+
+    heat = head_importance(graph, scores, circuit).data[0]
+    src, dst = graph.edge_nodes()
+    want = sum(abs(float(s)) for a, b, s in zip(src, dst, scores) if "a2.h1" in (a, b))
+    assert abs(heat.z[2][1] - want) < 1e-4 and heat.text[2][1] == "●" and heat.text[2][0] == ""
+
+
+def test_comparison_and_connectivity_figures_keep_their_scales():
+    """compare-graphs: one colour per model in all three panels (as in the legend); per-head connectivity: a 0-1
+    colour scale, so a dense model (1.0 everywhere) and a sparse one read on the same bar."""
+    from circuitry.plotting import graph_comparison_figure, head_connectivity
+
+    row = {"heads_80": 3, "head_key_pairs_80": 5, "edges": 40}
+    fig = graph_comparison_figure({"n_prompts": 1, "models": {"dense": {"per_prompt": [row]}, "sparse": {"per_prompt": [row]}}})
+    colours = {name: {t.marker.color for t in fig.data if t.name == name} for name in ("dense", "sparse")}
+    assert all(len(c) == 1 for c in colours.values()) and colours["dense"] != colours["sparse"]
+    heat = head_connectivity({"model": "tiny-dense", "per_head": [[1.0, 1.0], [1.0, 1.0]]}).data[0]
+    assert (heat.zmin, heat.zmax) == (0, 1)

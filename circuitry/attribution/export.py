@@ -25,13 +25,16 @@ def _token_str(text: str) -> str:
 
 def feature_labels(model, clt, graph: AttributionGraph, nodes: list[int] | None = None, k: int = 3) -> dict[int, str]:
     """For feature nodes (all, or those in ``nodes``): the tokens their write to the last layer promotes most
-    (logit lens through the unembedding)."""
+    (logit lens through the unembedding; special tokens such as <pad> and <bos> are never predicted and are left out)."""
     feats = range(graph.n_features) if nodes is None else [i for i in nodes if i < graph.n_features]
     labels = {}
     W_U = model.W_U.detach()
+    special = torch.tensor(sorted(set(model.tokenizer.all_special_ids) & set(range(W_U.shape[1]))), dtype=torch.long)
     for i in feats:
         layer, _, feat = graph.active_features[i].tolist()
-        top = (clt.feature_write(layer, feat)[-1].detach() @ W_U).topk(k).indices.tolist()
+        lens = clt.feature_write(layer, feat)[-1].detach() @ W_U
+        lens[special] = float("-inf")
+        top = lens.topk(k).indices.tolist()
         labels[i] = "→ " + " ".join(repr(model.tokenizer.decode([t])) for t in top)
     return labels
 

@@ -17,12 +17,14 @@ def attribution_graph_figure(graph, model=None, clt=None, max_edges: int = 600) 
     labels = feature_labels(model, clt, graph, keep) if model is not None and clt is not None else {}
     cum = graph.cumulative_influence
     xy, per_cell = {}, {}
-    for i in keep:  # spread nodes sharing a (pos, layer) cell horizontally
+    for i in keep:  # nodes sharing a (pos, layer) cell are laid out in a small grid inside the cell
         n = graph.node(i)
         per_cell.setdefault((n["pos"], n["layer"]), []).append(i)
     for (pos, layer), ids in per_cell.items():
+        cols = min(len(ids), 4)
+        rows = -(-len(ids) // cols)
         for j, i in enumerate(ids):
-            xy[i] = (pos + (j - (len(ids) - 1) / 2) * min(0.8 / max(len(ids), 1), 0.15), layer)
+            xy[i] = (pos + (j % cols - (cols - 1) / 2) * 0.2, layer + (j // cols - (rows - 1) / 2) * 0.25)
     edges = graph.edge_mask if graph.edge_mask is not None else graph.adjacency != 0
     pairs = [(t, s) for t, s in edges.nonzero().tolist() if s in xy and t in xy]
     pairs = sorted(pairs, key=lambda ts: -abs(graph.adjacency[ts].item()))[:max_edges]
@@ -41,16 +43,24 @@ def attribution_graph_figure(graph, model=None, clt=None, max_edges: int = 600) 
             n = graph.node(i)
             desc = {"feature": lambda: f"L{n['layer']} F{n['feature']} @ {n['pos']}<br>activation {n['activation']:.3f}<br>{labels.get(i, '')}",
                     "error": lambda: f"error L{n['layer']} @ {n['pos']}", "embedding": lambda: f"embedding {graph.token_strs[n['pos']]!r}",
-                    "logit": lambda: f"logit token {n['token']} p={n['prob']:.3f}"}[kind]()  # fmt: skip
+                    "logit": lambda: f"logit {_token(model, n['token'])} p={n['prob']:.3f}"}[kind]()  # fmt: skip
             text.append(desc)
-        size = [6 + 18 * (1 - cum[i].item()) if cum is not None and kind in ("feature", "error") else 12 for i in ids]
+        size = [6 + 10 * (1 - cum[i].item()) if cum is not None and kind in ("feature", "error") else 12 for i in ids]
         fig.add_trace(go.Scatter(x=[xy[i][0] for i in ids], y=[xy[i][1] for i in ids], mode="markers", name=kind,
                                  marker={"color": colour, "size": size, "line": {"width": 0.5, "color": "black"}},
                                  text=text, hovertemplate="%{text}<extra></extra>"))  # fmt: skip
+    for label, colour in (("edge weight > 0", "rgb(31,119,180)"), ("edge weight < 0", "rgb(214,39,40)")):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=label, line={"color": colour, "width": 2}))
     fig.update_xaxes(tickvals=list(range(graph.n_pos)), ticktext=[f"{p}:{t}" for p, t in enumerate(graph.token_strs)], tickangle=45)
     fig.update_yaxes(tickvals=list(range(-1, graph.n_layers + 1)), ticktext=["emb"] + [f"L{l}" for l in range(graph.n_layers)] + ["logit"])
-    fig.update_layout(title=f"Attribution graph ({graph.info.get('model', '')}): {graph.prompt!r}", width=1000, height=560)
+    fig.update_layout(title=f"Attribution graph ({graph.info.get('model', '')}): {graph.prompt!r}", width=max(1000, 200 + 80 * graph.n_pos),
+                      height=600)  # fmt: skip
     return fig
+
+
+def _token(model, token: int) -> str:
+    """A token id as its text (the id alone when no model is given)."""
+    return repr(model.tokenizer.decode([token])) if model is not None else f"token {token}"
 
 
 def head_loadings_figure(graphs: dict) -> go.Figure:
@@ -63,16 +73,18 @@ def head_loadings_figure(graphs: dict) -> go.Figure:
                                  hovertemplate="L%{y} H%{x}: %{z:.1%}<extra></extra>"), row=1, col=c)  # fmt: skip
         fig.update_xaxes(title="head", row=1, col=c)
         fig.update_yaxes(title="layer", row=1, col=c)
-    fig.update_layout(title="Head loadings: share of cross-position attribution through each head", width=420 * len(graphs), height=420)
+    fig.update_layout(title="Head loadings: share of cross-position attribution per head", width=max(560, 420 * len(graphs)), height=420)
     return fig
 
 
 def graph_comparison_figure(result: dict) -> go.Figure:
     """Per-prompt heads and (head, key) pairs covering 80% of attention attribution, per model (box + points)."""
     fig = make_subplots(rows=1, cols=3, subplot_titles=["heads @ 80%", "(head, key) pairs @ 80%", "edges after pruning"])
-    for name, r in result["models"].items():
+    palette = ("#4C78A8", "#E45756", "#54A24B", "#B279A2")  # one colour per model in every panel, as in the legend
+    for m, (name, r) in enumerate(result["models"].items()):
         for c, key in enumerate(("heads_80", "head_key_pairs_80", "edges"), start=1):
             fig.add_trace(go.Box(y=[p[key] for p in r["per_prompt"]], name=name, boxpoints="all", showlegend=c == 1,
-                                 legendgroup=name), row=1, col=c)  # fmt: skip
+                                 legendgroup=name, marker_color=palette[m % len(palette)]), row=1, col=c)  # fmt: skip
+            fig.update_yaxes(title="count per prompt" if c == 1 else None, row=1, col=c)
     fig.update_layout(title=f"Attribution graphs, dense vs sparse ({result['n_prompts']} prompts)", width=1050, height=430)
     return fig

@@ -9,22 +9,32 @@ DASH = {"q": "dot", "k": "dash", "v": "solid", "": "solid"}
 
 
 def faithfulness_curves(results: dict) -> go.Figure:
-    """f against edges kept (log x), one line per model (grid and bisection points); dotted lines at f = 0.8 and 0.9."""
+    """f against edges kept (log x), one line per model (grid and bisection points); dotted lines at f = 0.8 and 0.9.
+    Budgets whose circuit prunes to 0 edges (f = 0 by definition) have no place on a log axis and are left out."""
     fig = go.Figure()
     for name, r in results.items():
-        pts = sorted(r.curve.points + r.curve.refined, key=lambda p: p.budget)
+        pts = sorted((p for p in r.curve.points + r.curve.refined if p.n_edges > 0), key=lambda p: p.budget)
         fig.add_trace(go.Scatter(x=[p.n_edges for p in pts], y=[p.f for p in pts], mode="lines+markers", name=name,
                                  hovertemplate="%{x} edges<br>f = %{y:.3f}<extra>" + name + "</extra>"))  # fmt: skip
     for t in (0.8, 0.9):
-        fig.add_hline(y=t, line_dash="dot", line_color="grey")
+        fig.add_hline(y=t, line_dash="dot", line_color="grey", annotation_text=f"f = {t}", annotation_position="bottom right")
     first = next(iter(results.values()))
     fig.update_xaxes(type="log", title="edges in circuit (after pruning)")
     fig.update_yaxes(title="faithfulness f")
-    fig.update_layout(title=f"Faithfulness: {first.task} ({first.method})", width=750, height=450)
+    fig.update_layout(title=f"Faithfulness: {first.task} ({first.method}, {first.ablation} ablation, {first.n_prompts} prompts, seed {first.seed})",
+                      width=800, height=450)  # fmt: skip
     return fig
 
 
+# where an edge ends on a head: q, k and v inputs are three ports above, at and below the node, so edges from one
+# source into the three inputs of one head are three lines, not one
+PORT = {"q": -0.22, "k": 0.0, "v": 0.22, "": 0.0}
+HELPS, HURTS = "royalblue", "crimson"
+
+
 def _node_xy(graph, node: str) -> tuple[float, float]:
+    """Heads at (layer, head); MLPs in a row above the heads, between their layer and the next; input and logits
+    at mid-height on either side."""
     if node == "input":
         return -1.0, (graph.n_heads - 1) / 2
     if node == "logits":
@@ -35,39 +45,69 @@ def _node_xy(graph, node: str) -> tuple[float, float]:
     return float(layer), float(head)
 
 
-def circuit_graph(circuit, scores=None) -> go.Figure:
-    """Layers left to right; nodes = input, heads, MLPs, logits; edges coloured by sign, dash = q/k/v,
-    width by |score|."""
+def _arc(p0: tuple[float, float], p1: tuple[float, float], n: int = 16) -> tuple[list[float], list[float]]:
+    """Points of a quadratic Bezier from p0 to p1 bowed sideways by 0.12 per layer spanned, so that edges along one
+    row (m0->m1, m0->m2, m0->m3, ...) are drawn apart instead of on one line. In a circuit of a few hundred edges
+    many edges still pass close to nodes they do not touch: the hover text at each edge's midpoint names it."""
+    (x0, y0), (x1, y1) = p0, p1
+    dx, dy = x1 - x0, y1 - y0
+    length = (dx * dx + dy * dy) ** 0.5 or 1.0
+    bow = 0.12 * abs(dx)
+    cx, cy = (x0 + x1) / 2 - dy / length * bow, (y0 + y1) / 2 + dx / length * bow
+    ts = [i / n for i in range(n + 1)]
+    xs = [(1 - t) ** 2 * x0 + 2 * (1 - t) * t * cx + t * t * x1 for t in ts]
+    ys = [(1 - t) ** 2 * y0 + 2 * (1 - t) * t * cy + t * t * y1 for t in ts]
+    return xs, ys
+
+
+def circuit_graph(circuit, scores=None, title: str | None = None) -> go.Figure:
+    """Layers left to right; nodes = input, heads, MLPs, logits; edges slightly bowed (see ``_arc``), entering a
+    head at its q (above), k (level) or v (below) port, dashed by q / k / v; coloured by sign and
+    width by |score|. Scores are m(edge ablated) - m(clean): an edge with a negative score supports the task
+    (blue), a positive one works against it (red). Hover over an edge's midpoint for its name and score.
+    ``title`` names what is shown (the CLI passes model, task and method)."""
     graph = circuit.graph
     scores = circuit.scores if scores is None else scores
     names = graph.edge_names
     idx = circuit.edge_mask.nonzero().flatten().tolist()
     top = max((abs(float(scores[i])) for i in idx), default=1.0) if scores is not None else 1.0
     fig = go.Figure()
-    for i in idx:
+    mids: dict[str, list] = {"x": [], "y": [], "text": [], "color": []}
+    for i in sorted(idx, key=lambda i: abs(float(scores[i])) if scores is not None else 0.0):  # strongest on top
         src, tgt = names[i].split("->")
         ch = graph.target_channel(tgt)
-        (x0, y0), (x1, y1) = _node_xy(graph, src), _node_xy(graph, graph.target_node(tgt))
-        s = float(scores[i]) if scores is not None else 1.0
-        fig.add_trace(go.Scatter(x=[x0, x1], y=[y0, y1], mode="lines", showlegend=False, hoverinfo="text",
-                                 text=f"{names[i]}<br>score {s:.4g}",
-                                 line=dict(color="crimson" if s < 0 else "royalblue", dash=DASH[ch],
-                                           width=0.5 + 5 * abs(s) / (top or 1.0))))  # fmt: skip
+        x1, y1 = _node_xy(graph, graph.target_node(tgt))
+        xs, ys = _arc(_node_xy(graph, src), (x1 - (0.08 if ch else 0.0), y1 + PORT[ch]))
+        s = float(scores[i]) if scores is not None else -1.0
+        color = HELPS if s <= 0 else HURTS
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", showlegend=False, hoverinfo="skip",
+                                 line=dict(color=color, dash=DASH[ch], width=1 + 5 * abs(s) / (top or 1.0))))  # fmt: skip
+        mids["x"].append(xs[len(xs) // 2]), mids["y"].append(ys[len(ys) // 2]), mids["color"].append(color)
+        mids["text"].append(f"{names[i]}<br>score {s:.4g}" if scores is not None else names[i])
+    fig.add_trace(go.Scatter(x=mids["x"], y=mids["y"], mode="markers", text=mids["text"], hoverinfo="text", showlegend=False,
+                             marker=dict(size=5, color=mids["color"], opacity=0.6)))  # fmt: skip
     xy = [_node_xy(graph, n) for n in circuit.nodes]
     fig.add_trace(go.Scatter(x=[p[0] for p in xy], y=[p[1] for p in xy], mode="markers+text", text=circuit.nodes,
-                             textposition="top center", marker=dict(size=12, color="black"), showlegend=False))  # fmt: skip
-    for label, dash in (("q input", "dot"), ("k input", "dash"), ("v / residual", "solid")):
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=label, line=dict(color="grey", dash=dash)))
+                             textposition="top center", marker=dict(size=12, color="black"), showlegend=False,
+                             hovertext=circuit.nodes, hoverinfo="text"))  # fmt: skip
+    legend = [("supports the task (score < 0)", HELPS, "solid"), ("works against it (score > 0)", HURTS, "solid"),
+              ("q input (enters above)", "grey", "dot"), ("k input (level)", "grey", "dash"),
+              ("v input (below) / MLP / logits", "grey", "solid")]  # fmt: skip
+    for label, color, dash in legend:
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=label, line=dict(color=color, dash=dash, width=2)))
     fig.update_xaxes(title="layer", tickvals=list(range(-1, graph.n_layers + 1)),
                      ticktext=["input", *map(str, range(graph.n_layers)), "logits"])  # fmt: skip
-    fig.update_yaxes(title="head (MLPs below)", autorange="reversed")
-    fig.update_layout(title=f"Circuit: {circuit.n_edges} edges, {circuit.n_heads} heads, {circuit.n_mlps} MLPs (blue +, red -)",
-                      width=900, height=550)  # fmt: skip
+    fig.update_yaxes(title="head", autorange="reversed", tickvals=[-1.5, *range(graph.n_heads)],
+                     ticktext=["MLPs", *(f"h{h}" for h in range(graph.n_heads))])  # fmt: skip
+    head = title or "Circuit"
+    fig.update_layout(title=f"{head}: {circuit.n_edges} edges, {circuit.n_heads} heads, {circuit.n_mlps} MLPs",
+                      width=1000, height=600, legend=dict(title="edges"))  # fmt: skip
     return fig
 
 
-def head_importance(graph, scores) -> go.Figure:
-    """Layer x head heatmap of the summed |score| of every edge into or out of each head."""
+def head_importance(graph, scores, circuit=None, title: str | None = None) -> go.Figure:
+    """Layer x head heatmap of the summed |score| of every edge into or out of each head (all edges of the graph,
+    not only a circuit's); heads of ``circuit``, if given, are marked with a dot."""
     imp = torch.zeros(graph.n_layers, graph.n_heads)
     src, dst = graph.edge_nodes()
     for s_name, d_name, v in zip(src, dst, scores.abs().tolist()):
@@ -75,8 +115,13 @@ def head_importance(graph, scores) -> go.Figure:
             if node.startswith("a"):
                 layer, head = node[1:].split(".h")
                 imp[int(layer), int(head)] += v
+    marked = set(circuit.heads) if circuit is not None else set()
+    text = [["●" if f"a{l}.h{h}" in marked else "" for h in range(graph.n_heads)] for l in range(graph.n_layers)]
     fig = go.Figure(go.Heatmap(z=imp.tolist(), x=[f"H{h}" for h in range(graph.n_heads)], y=[f"L{l}" for l in range(graph.n_layers)],
-                               colorscale="Viridis", hovertemplate="%{y} %{x}<br>sum |score| %{z:.4g}<extra></extra>"))  # fmt: skip
-    fig.update_yaxes(autorange="reversed")
-    fig.update_layout(title="Head importance (sum of |edge score|)", width=600, height=400)
+                               text=text, texttemplate="%{text}", zmin=0, colorscale="Viridis",
+                               colorbar=dict(title="sum of |edge score|<br>over all edges"),
+                               hovertemplate="%{y} %{x}<br>sum |score| %{z:.4g}<extra></extra>"))  # fmt: skip
+    fig.update_yaxes(autorange="reversed", title="layer")
+    fig.update_xaxes(title="head" + (" (● in the circuit)" if circuit is not None else ""))
+    fig.update_layout(title=f"Head importance{': ' + title if title else ''}", width=760, height=420)
     return fig

@@ -41,7 +41,8 @@ def attention_patterns(models: dict, prompt: str, layer: int, heads: list[int] |
                                      hovertemplate="query %{y}<br>key %{x}<br>weight %{z:.3f}<extra></extra>"), r, c)  # fmt: skip
             fig.update_yaxes(autorange="reversed", showticklabels=c == 1, row=r, col=c)
             fig.update_xaxes(showticklabels=False, row=r, col=c)
-    fig.update_layout(title=f"Attention patterns, layer {layer}: {prompt!r}", height=320 * len(names), width=max(600, 260 * len(heads)))
+    fig.update_layout(title=f"Attention patterns, layer {layer} (rows: query, columns: key; hover for tokens)<br><sup>{prompt!r}</sup>",
+                      height=320 * len(names), width=max(760, 260 * len(heads)))  # fmt: skip
     return fig
 
 
@@ -67,7 +68,8 @@ def head_connectivity(report) -> go.Figure:
     per_head = report.per_head if hasattr(report, "per_head") else report["per_head"]
     name = report.model if hasattr(report, "model") else report["model"]
     fig = go.Figure(go.Heatmap(z=per_head, x=[f"H{h}" for h in range(len(per_head[0]))], y=[f"L{l}" for l in range(len(per_head))],
-                               colorscale="Viridis", zmin=0, hovertemplate="%{y} %{x}<br>edges kept %{z:.4f}<extra></extra>"))  # fmt: skip
+                               colorscale="Viridis", zmin=0, zmax=1,
+                               colorbar=dict(title="share of causal<br>edges kept"), hovertemplate="%{y} %{x}<br>edges kept %{z:.4f}<extra></extra>"))  # fmt: skip
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(title=f"Per-head connectivity: {name}", width=600, height=400)
     return fig
