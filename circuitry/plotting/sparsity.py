@@ -39,10 +39,11 @@ def attention_patterns(models: dict, prompt: str, layer: int, heads: list[int] |
             fig.add_trace(go.Heatmap(z=pattern[h].numpy(), x=labels, y=labels, zmin=0, zmax=1, colorscale="Blues",
                                      showscale=(r == 1 and c == len(heads)),
                                      hovertemplate="query %{y}<br>key %{x}<br>weight %{z:.3f}<extra></extra>"), r, c)  # fmt: skip
-            fig.update_yaxes(autorange="reversed", showticklabels=c == 1, row=r, col=c)
-            fig.update_xaxes(showticklabels=False, row=r, col=c)
-    fig.update_layout(title=f"Attention patterns, layer {layer} (rows: query, columns: key; hover for tokens)<br><sup>{prompt!r}</sup>",
-                      height=320 * len(names), width=max(760, 260 * len(heads)))  # fmt: skip
+            fig.update_yaxes(autorange="reversed", showticklabels=c == 1, title="query" if c == 1 else None, row=r, col=c)
+            fig.update_xaxes(showticklabels=r == len(names), tickangle=90, tickfont_size=9, title="key" if r == len(names) else None,
+                             row=r, col=c)  # fmt: skip
+    fig.update_layout(title=f"Attention patterns, layer {layer} (gated rows may sum to < 1)<br><sup>{prompt!r}</sup>",
+                      height=320 * len(names) + 60, width=max(760, 260 * len(heads)))  # fmt: skip
     return fig
 
 
