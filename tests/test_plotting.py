@@ -101,3 +101,18 @@ def test_comparison_and_connectivity_figures_keep_their_scales():
     assert all(len(c) == 1 for c in colours.values()) and colours["dense"] != colours["sparse"]
     heat = head_connectivity({"model": "tiny-dense", "per_head": [[1.0, 1.0], [1.0, 1.0]]}).data[0]
     assert (heat.zmin, heat.zmax) == (0, 1)
+
+
+def test_saved_html_needs_no_network(tmp_path):
+    """HTML figures load plotly.js from a copy written once beside them, not from a CDN."""
+    import plotly.graph_objects as go
+
+    from circuitry.plotting import save_figure
+
+    fig = go.Figure(go.Scatter(x=[1, 2], y=[3, 4]))
+    first = save_figure(fig, tmp_path / "a", png=False)
+    second = save_figure(fig, tmp_path / "b", png=False)
+    assert [p.name for p in first] == ["plotly.min.js", "a.html"] and [p.name for p in second] == ["b.html"]
+    html = (tmp_path / "a.html").read_text()
+    assert 'src="plotly.min.js"' in html and "cdn.plot.ly" not in html
+    assert (tmp_path / "plotly.min.js").stat().st_size > 1_000_000 and "Plotly" in (tmp_path / "plotly.min.js").read_text()[:5000]
