@@ -116,3 +116,17 @@ def test_saved_html_needs_no_network(tmp_path):
     html = (tmp_path / "a.html").read_text()
     assert 'src="plotly.min.js"' in html and "cdn.plot.ly" not in html
     assert (tmp_path / "plotly.min.js").stat().st_size > 1_000_000 and "Plotly" in (tmp_path / "plotly.min.js").read_text()[:5000]
+
+
+def test_unscored_circuit_graph_claims_no_sign():
+    from circuitry.circuits import Graph
+    from circuitry.circuits.selection import Circuit
+    from circuitry.plotting import circuit_graph
+
+    graph = Graph.from_model(load_model("tiny-dense"))
+    mask = torch.zeros(graph.n_edges, dtype=torch.bool)
+    mask[:5] = True
+    fig = circuit_graph(Circuit.from_mask(graph, mask))
+    lines = [t for t in fig.data if t.mode == "lines" and t.showlegend is False]
+    assert len(lines) == 5 and {t.line.color for t in lines} == {"grey"}
+    assert not any("supports" in (t.name or "") for t in fig.data)

@@ -72,7 +72,7 @@ def head_loadings_figure(graphs: dict) -> go.Figure:
         fig.add_trace(go.Heatmap(z=share.numpy(), colorscale="Viridis", zmin=0, zmax=float(share.max()), showscale=c == len(graphs),
                                  hovertemplate="L%{y} H%{x}: %{z:.1%}<extra></extra>"), row=1, col=c)  # fmt: skip
         fig.update_xaxes(title="head", row=1, col=c)
-        fig.update_yaxes(title="layer", row=1, col=c)
+        fig.update_yaxes(title="layer", autorange="reversed", row=1, col=c)  # layer 0 on top, as in head_importance
     fig.update_layout(title="Head loadings: share of cross-position attribution per head", width=max(560, 420 * len(graphs)), height=420)
     return fig
 

@@ -78,21 +78,23 @@ def circuit_graph(circuit, scores=None, title: str | None = None) -> go.Figure:
         ch = graph.target_channel(tgt)
         x1, y1 = _node_xy(graph, graph.target_node(tgt))
         xs, ys = _arc(_node_xy(graph, src), (x1 - (0.08 if ch else 0.0), y1 + PORT[ch]))
-        s = float(scores[i]) if scores is not None else -1.0
-        color = HELPS if s <= 0 else HURTS
+        if scores is None:  # an unscored circuit: every edge alike
+            color, width, text = "grey", 1.5, names[i]
+        else:
+            s = float(scores[i])
+            color, width, text = HELPS if s <= 0 else HURTS, 1 + 5 * abs(s) / (top or 1.0), f"{names[i]}<br>score {s:.4g}"
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", showlegend=False, hoverinfo="skip",
-                                 line=dict(color=color, dash=DASH[ch], width=1 + 5 * abs(s) / (top or 1.0))))  # fmt: skip
-        mids["x"].append(xs[len(xs) // 2]), mids["y"].append(ys[len(ys) // 2]), mids["color"].append(color)
-        mids["text"].append(f"{names[i]}<br>score {s:.4g}" if scores is not None else names[i])
+                                 line=dict(color=color, dash=DASH[ch], width=width)))  # fmt: skip
+        for key, value in (("x", xs[len(xs) // 2]), ("y", ys[len(ys) // 2]), ("text", text), ("color", color)):
+            mids[key].append(value)
     fig.add_trace(go.Scatter(x=mids["x"], y=mids["y"], mode="markers", text=mids["text"], hoverinfo="text", showlegend=False,
                              marker=dict(size=5, color=mids["color"], opacity=0.6)))  # fmt: skip
     xy = [_node_xy(graph, n) for n in circuit.nodes]
     fig.add_trace(go.Scatter(x=[p[0] for p in xy], y=[p[1] for p in xy], mode="markers+text", text=circuit.nodes,
                              textposition="top center", marker=dict(size=12, color="black"), showlegend=False,
                              hovertext=circuit.nodes, hoverinfo="text"))  # fmt: skip
-    legend = [("supports the task (score < 0)", HELPS, "solid"), ("works against it (score > 0)", HURTS, "solid"),
-              ("q input (enters above)", "grey", "dot"), ("k input (level)", "grey", "dash"),
-              ("v input (below) / MLP / logits", "grey", "solid")]  # fmt: skip
+    legend = [("supports the task (score < 0)", HELPS, "solid"), ("works against it (score > 0)", HURTS, "solid")] if scores is not None else []
+    legend += [("q input (enters above)", "grey", "dot"), ("k input (level)", "grey", "dash"), ("v input (below) / MLP / logits", "grey", "solid")]
     for label, color, dash in legend:
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=label, line=dict(color=color, dash=dash, width=2)))
     fig.update_xaxes(title="layer", tickvals=list(range(-1, graph.n_layers + 1)),
