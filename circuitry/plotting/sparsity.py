@@ -51,14 +51,15 @@ def training_curves(log_path: str | Path) -> go.Figure:
     """CE (with target), expected connectivity and λ per step from a sparsify JSONL log."""
     rows = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
     steps = [r["step"] for r in rows]
-    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, subplot_titles=["cross-entropy", "expected connectivity", "λ"])
+    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.07,
+                        subplot_titles=["cross-entropy (nats per token)", "expected connectivity (share of causal edges)", "λ (Lagrange multiplier)"])  # fmt: skip
     fig.add_trace(go.Scatter(x=steps, y=[r["ce"] for r in rows], name="CE (batch)", line=dict(width=1)), 1, 1)
     fig.add_trace(go.Scatter(x=steps, y=[r["ce_ema"] for r in rows], name="CE (EMA)"), 1, 1)
     fig.add_trace(go.Scatter(x=steps, y=[r["target"] for r in rows], name="CE target", line=dict(dash="dash")), 1, 1)
     fig.add_trace(go.Scatter(x=steps, y=[r["connectivity"] for r in rows], name="connectivity"), 2, 1)
     fig.add_trace(go.Scatter(x=steps, y=[r["lambda"] for r in rows], name="λ"), 3, 1)
-    fig.update_yaxes(type="log", row=2, col=1)
-    fig.update_yaxes(type="log", row=3, col=1)
+    fig.update_yaxes(type="log", dtick="D2", row=2, col=1)  # D2: label 2 and 5 within each decade, not every digit
+    fig.update_yaxes(type="log", dtick="D2", row=3, col=1)
     fig.update_xaxes(title="step", row=3, col=1)
     fig.update_layout(title="Sparse post-training", height=750, width=800)
     return fig
