@@ -16,7 +16,7 @@ from circuitry.attribution import attribute, compare_graphs, write_circuit_trace
 from circuitry.plotting import attribution_graph_figure, graph_comparison_figure, head_loadings_figure, save_figure
 from circuitry.transcoders import default_clt
 
-parser = argparse.ArgumentParser()
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--n", type=int, default=20)
 parser.add_argument("--out", type=Path, default=Path("runs/attribution"))
 args = parser.parse_args()

@@ -13,7 +13,7 @@ from circuitry.artifacts import atomic_write_json
 from circuitry.circuits import compare, discover
 from circuitry.plotting import circuit_graph, faithfulness_curves, save_figure
 
-parser = argparse.ArgumentParser()
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--n-prompts", type=int, default=100)
 parser.add_argument("--method", default="eap-local", help="eap, eap-local, eap-ig, eap-ig-node or exact")
 parser.add_argument("--out", type=Path, default=Path("runs/ioi-circuits"))
@@ -26,7 +26,7 @@ for name in ("tiny-dense", "tiny-sparse"):
     circuit = results[name].circuit(0.9)
     atomic_write_json(args.out / f"{name}.json", {**results[name].to_dict(), "circuit_at_0.9": circuit.to_dict() if circuit else None})
     if circuit is not None:
-        save_figure(circuit_graph(circuit), args.out / f"circuit_{name}")
+        save_figure(circuit_graph(circuit, title=f"{name}, IOI ({args.method}, f >= 0.9)"), args.out / f"circuit_{name}")
     print(name, json.dumps({k: results[name].to_dict()[k] for k in ("edges_at_0.9", "heads_at_0.9", "edges_at_0.8", "heads_at_0.8")}))
 save_figure(faithfulness_curves(results), args.out / "faithfulness_curves")
-print("dense/sparse:", compare(results, "tiny-dense", "tiny-sparse"))
+print("dense/sparse:", json.dumps(compare(results, "tiny-dense", "tiny-sparse")))

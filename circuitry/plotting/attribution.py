@@ -66,10 +66,14 @@ def _token(model, token: int) -> str:
 def head_loadings_figure(graphs: dict) -> go.Figure:
     """One heatmap per graph: share of attention-carried attribution (influence on the logits) through each (layer, head)."""
     fig = make_subplots(rows=1, cols=len(graphs), subplot_titles=list(graphs), horizontal_spacing=0.08)
-    for c, graph in enumerate(graphs.values(), start=1):
+    shares = []
+    for graph in graphs.values():
         mass = graph.attention.get("influence_mass", graph.attention["mass"]).sum((2, 3))
-        share = mass / mass.sum().clamp(min=1e-12)
-        fig.add_trace(go.Heatmap(z=share.numpy(), colorscale="Viridis", zmin=0, zmax=float(share.max()), showscale=c == len(graphs),
+        shares.append(mass / mass.sum().clamp(min=1e-12))
+    top = max(float(s.max()) for s in shares)  # one colour scale for every panel: the one colour bar reads them all
+    for c, share in enumerate(shares, start=1):
+        fig.add_trace(go.Heatmap(z=share.numpy(), colorscale="Viridis", zmin=0, zmax=top, showscale=c == len(graphs),
+                                 colorbar=dict(title="share", tickformat=".0%"),
                                  hovertemplate="L%{y} H%{x}: %{z:.1%}<extra></extra>"), row=1, col=c)  # fmt: skip
         fig.update_xaxes(title="head", row=1, col=c)
         fig.update_yaxes(title="layer", autorange="reversed", row=1, col=c)  # layer 0 on top, as in head_importance

@@ -1,4 +1,4 @@
-"""Input-dependent sparsity gates on every attention head (arXiv 2512.05865, DESIGN.md §1.1).
+"""Input-dependent sparsity gates on every attention head (arXiv 2512.05865, Draye et al.).
 
 Gate logit per head h, query i, key j <= i:  g_ij = s_ij + b_h, with s_ij the ordinary scaled
 pre-softmax score (``hook_attn_scores``) and b_h a per-head bias. The pattern at ``hook_pattern``

@@ -72,10 +72,12 @@ class SparsifyConfig:
 
 
 def sparsify(
-    model, out: str | Path, cfg: SparsifyConfig, resume: bool = False, name: str = "tiny-sparse", parent: str = "tiny-dense", progress: bool = True
+    model, out: str | Path, cfg: SparsifyConfig, resume: bool = False, name: str | None = None, parent: str = "tiny-dense", progress: bool = True
 ):
-    """Post-train ``model`` (dense, with a tokenizer) in place into a gated sparse model written to ``out``."""
+    """Post-train ``model`` (dense, with a tokenizer) in place into a gated sparse model written to ``out``
+    (``name``: the model's name in its meta.json, by default ``out``'s folder name)."""
     out = Path(out)
+    name = name or out.name
     ctx = check_options(cfg.grad_accum, cfg.precision, cfg.seq_len, model.cfg.n_ctx, cfg.batch_size)
     ckpt = prepare_run_dir(out, resume, CHECKPOINT)
     stream = TokenStream.for_model(model)

@@ -143,9 +143,11 @@ def lr_at(cfg: PretrainConfig, step: int) -> float:
     return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False, name: str = "tiny-dense", progress: bool = True):
-    """Train and write a model directory at ``out``; returns the model. Resumes from ``out``'s checkpoint."""
+def pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False, name: str | None = None, progress: bool = True):
+    """Train and write a model directory at ``out``; returns the model. Resumes from ``out``'s checkpoint.
+    ``name``: the model's name in its meta.json, by default ``out``'s folder name."""
     out = Path(out)
+    name = name or out.name
     ckpt = prepare_run_dir(out, resume, CHECKPOINT)
     from circuitry.zoo.tokenizer import build_tokenizer  # transformers is slow to import; the CLI reads PretrainConfig
 
