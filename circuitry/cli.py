@@ -23,14 +23,18 @@ app.add_typer(zoo_app, name="zoo")
 
 def one_line_errors(fn: Callable) -> Callable:
     """Turn a :class:`CircuitryError` (bad input or file) or an OS error (a file that cannot be read or written)
-    into ``error: ...`` on stderr and exit 1. An ``out`` option that is a file is refused before any work."""
+    into ``error: ...`` on stderr and exit 1. An ``out`` option that is a file is refused before any work, and
+    after a run that wrote it, stderr says where the files are (stdout stays the table or the JSON)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             if kwargs.get("out") is not None:
                 check_out_dir(kwargs["out"])
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            if kwargs.get("out") is not None:
+                typer.echo(f"outputs in {kwargs['out']}", err=True)
+            return result
         except (CircuitryError, OSError) as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(1) from None
