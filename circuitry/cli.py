@@ -72,6 +72,7 @@ def eval_cmd(
     n: int = typer.Option(500, "--n", help="Number of prompts."),
     seed: int = typer.Option(1, "--seed", help="Prompt seed."),
     corruption: Optional[str] = typer.Option(None, "--corruption", help="Corruption (task default if omitted)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Directory for eval.json (with the metric per prompt) and its histogram."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Accuracy (correct beats wrong) and mean metric of a model on fresh task prompts."""
@@ -84,8 +85,16 @@ def eval_cmd(
     check_task_name(task)
     t0 = time.time()
     m = load_model(model)
-    score = evaluate_task(m, get_task(task, m, corruption), n=n, seed=seed).to_dict()
-    score["model"], score["seconds"] = model, round(time.time() - t0, 2)
+    result = evaluate_task(m, get_task(task, m, corruption), n=n, seed=seed)
+    result.model = model
+    score = {**result.to_dict(), "seconds": round(time.time() - t0, 2)}
+    if out is not None:
+        from circuitry.artifacts import atomic_write_json
+        from circuitry.plotting import save_figure, task_metric_figure
+
+        with staged_output(out) as stage:
+            atomic_write_json(stage / "eval.json", {**result.to_dict(values=True), "seconds": score["seconds"]})
+            save_figure(task_metric_figure(result), stage / "metric_per_prompt")
     dropped = {k: v for k, v in score["filtered"].items() if v}
     _emit(score, as_json, [
         f"task {score['task']} ({score['metric']}, corruption {score['corruption']}) on {model}, n={score['n']}, seed={seed}",

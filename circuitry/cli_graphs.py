@@ -79,6 +79,7 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
         model: str = typer.Option("tiny-dense", "--model"),
         clt: Optional[Path] = typer.Option(None, "--clt", help="Transcoder directory (default: the model's shipped one)."),
         n: int = typer.Option(256, "--n", help="Held-out sequences."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Directory for quality.json and its per-layer figure."),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Explained variance, NMSE, L0, dead features and replacement-model CE on held-out text."""
@@ -88,6 +89,13 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
             raise CircuitryError(f"--n must be positive, got {n}")
         m, c = _model_and_clt(model, clt)
         q = evaluate_clt(m, c, n).to_dict()
+        if out is not None:
+            from circuitry.artifacts import atomic_write_json
+            from circuitry.plotting import clt_quality_figure, save_figure
+
+            with staged_output(out) as stage:
+                atomic_write_json(stage / "quality.json", {"model": model, **q})
+                save_figure(clt_quality_figure(q, model), stage / "clt_quality")
         emit({"model": model, **q}, as_json, _quality_lines(q))
 
     @app.command("attribute")

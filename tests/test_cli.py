@@ -321,3 +321,14 @@ def test_outputs_are_written_all_or_none(tmp_path):
     res = runner.invoke(app, ["discover", "--task", "ioi", "--model", "tiny-dense", "--n-prompts", "4", "--out", str(out)])
     assert res.exit_code == 1 and res.output.strip().splitlines()[-1].startswith("error: cannot write")
     assert not (out / "faithfulness_curves.html").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_eval_out_writes_the_metric_per_prompt(tmp_path):
+    res = runner.invoke(app, ["eval", "--task", "ioi", "--n", "30", "--out", str(tmp_path / "e"), "--json"])
+    assert res.exit_code == 0, res.output
+    printed = json.loads(res.stdout)
+    saved = json.loads((tmp_path / "e" / "eval.json").read_text())
+    assert len(saved["values"]) == len(saved["values_corrupt"]) == 30 and "values" not in printed
+    assert saved["accuracy"] == printed["accuracy"] == round(sum(v > 0 for v in saved["values"]) / 30, 4)
+    assert abs(statistics.mean(saved["values"]) - printed["mean_metric"]) < 1e-3
+    assert (tmp_path / "e" / "metric_per_prompt.html").exists() and "outputs in" in res.stderr

@@ -36,9 +36,13 @@ def test_clt_train_then_eval(tmp_path):
     assert res.exit_code == 0, res.output
     assert {"explained_variance", "l0", "dead_fraction", "ce_recovered"} <= json.loads(res.stdout).keys()
     assert not (tmp_path / "c" / "checkpoint.safetensors").exists()
-    res = runner.invoke(app, ["clt", "eval", "--model", "tiny-dense", "--clt", str(tmp_path / "c"), "--n", "8", "--json"])
+    res = runner.invoke(app, ["clt", "eval", "--model", "tiny-dense", "--clt", str(tmp_path / "c"), "--n", "8", "--json", "--out", str(tmp_path / "q")])
     assert res.exit_code == 0, res.output
     assert len(json.loads(res.stdout)["explained_variance"]) == 4
+    # --out: the same numbers as a file, and the per-layer figure holding them
+    assert json.loads((tmp_path / "q" / "quality.json").read_text()) == json.loads(res.stdout)
+    html = (tmp_path / "q" / "clt_quality.html").read_text()
+    assert all(f"{v:.6f}"[:6] in html for v in json.loads(res.stdout)["explained_variance"])
 
 
 @pytest.mark.parametrize(

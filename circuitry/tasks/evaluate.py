@@ -22,9 +22,13 @@ class TaskScore:
     mean_metric_corrupt: float  # same metric on the corrupted prompts
     accuracy_corrupt: float
     filtered: dict[str, int] = field(default_factory=dict)
+    values: list[float] = field(default_factory=list, repr=False)  # the metric per clean prompt
+    values_corrupt: list[float] = field(default_factory=list, repr=False)  # ... per corrupted prompt
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def to_dict(self, values: bool = False) -> dict:
+        """The scores (with the per-prompt values if ``values``)."""
+        d = asdict(self)
+        return d if values else {k: v for k, v in d.items() if k not in ("values", "values_corrupt")}
 
 
 @torch.no_grad()
@@ -46,4 +50,6 @@ def evaluate_task(model, task: Task, n: int = 500, seed: int = 1, batch_size: in
         mean_metric_corrupt=round(mc.mean().item(), 4),
         accuracy_corrupt=round((mc > 0).float().mean().item(), 4),
         filtered=dict(task.filtered),
+        values=[round(v, 4) for v in m.tolist()],
+        values_corrupt=[round(v, 4) for v in mc.tolist()],
     )
