@@ -208,6 +208,7 @@ def zoo_build_cmd(
     ioi_subject_rate: float = typer.Option(PretrainConfig.ioi_subject_rate, "--ioi-subject-rate", help="Share of IOI sentences ending with the subject (0: the shipped language)."),
     ioi_share: float = typer.Option(PretrainConfig.ioi_share, "--ioi-share", help=f"Share of IOI sentences in the language ({SHIPPED_IOI_SHARE}: the shipped language)."),
     dropout: float = typer.Option(PretrainConfig.dropout, "--dropout", help="GPT-2-style training dropout (embeddings, attention, block outputs)."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Write the training-curve plot (DIR/plots/)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Pretrain a dense model on the synthetic language (default: tiny-dense's architecture; checkpoints, --resume)."""
@@ -218,6 +219,10 @@ def zoo_build_cmd(
                          ioi_subject_rate=ioi_subject_rate, ioi_share=ioi_share, dropout=dropout)  # fmt: skip
     pretrain(cfg, out, resume=resume, name=name or out.name)
     meta = read_json(out / "meta.json")
+    if plots:
+        from circuitry.plotting import log_curves, save_figure
+
+        save_figure(log_curves(out / "train_log.jsonl", f"Pretraining {meta['name']}"), out / "plots" / "training_curves")
     _emit(meta, as_json, [f"wrote {out}: held-out CE {meta['heldout_ce']:.4f} in {meta['train_seconds']:.0f} s"])
 
 

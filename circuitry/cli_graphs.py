@@ -52,6 +52,7 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
         grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per step (gradient accumulation)."),
         precision: str = typer.Option("auto", "--precision", help="auto (bf16 autocast on GPU), fp32 or bf16."),
         resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in --out."),
+        plots: bool = typer.Option(True, "--plots/--no-plots", help="Write the training-curve and quality plots (DIR/plots/)."),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Train a cross-layer transcoder on activations streamed from MODEL; writes quality into circuitry.json."""
@@ -71,6 +72,11 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
         if quality is None:  # not rank 0
             return
         q = quality.to_dict()
+        if plots:
+            from circuitry.plotting import clt_quality_figure, log_curves, save_figure
+
+            save_figure(log_curves(out / "train_log.jsonl", f"Transcoder training on {model}"), out / "plots" / "training_curves")
+            save_figure(clt_quality_figure(q, model), out / "plots" / "clt_quality")
         emit({"model": model, "out": str(out), **q}, as_json, [f"wrote {out}", *_quality_lines(q)])
 
     @clt_app.command("eval")

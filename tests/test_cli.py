@@ -102,6 +102,7 @@ def test_zoo_build_then_eval_the_built_model(tmp_path):
     assert res.exit_code == 0, res.output
     meta = json.loads(res.stdout.strip().splitlines()[-1])
     assert meta["pretrain_config"]["steps"] == 3 and meta["heldout_ce"] > 0 and meta["name"] == "built"
+    assert (out / "plots" / "training_curves.html").exists()  # the training log as a figure
     res = runner.invoke(app, ["eval", "--task", "sva", "--model", str(out), "--n", "10", "--json"])
     assert res.exit_code == 0 and json.loads(res.stdout)["n"] == 10
     res = runner.invoke(app, ["zoo", "build", "--out", str(out), "--steps", "3", "--resume"])

@@ -36,6 +36,7 @@ def test_clt_train_then_eval(tmp_path):
     assert res.exit_code == 0, res.output
     assert {"explained_variance", "l0", "dead_fraction", "ce_recovered"} <= json.loads(res.stdout).keys()
     assert not (tmp_path / "c" / "checkpoint.safetensors").exists()
+    assert (tmp_path / "c" / "plots" / "training_curves.html").exists() and (tmp_path / "c" / "plots" / "clt_quality.html").exists()
     res = runner.invoke(app, ["clt", "eval", "--model", "tiny-dense", "--clt", str(tmp_path / "c"), "--n", "8", "--json", "--out", str(tmp_path / "q")])
     assert res.exit_code == 0, res.output
     assert len(json.loads(res.stdout)["explained_variance"]) == 4

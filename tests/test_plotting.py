@@ -130,3 +130,17 @@ def test_unscored_circuit_graph_claims_no_sign():
     lines = [t for t in fig.data if t.mode == "lines" and t.showlegend is False]
     assert len(lines) == 5 and {t.line.color for t in lines} == {"grey"}
     assert not any("supports" in (t.name or "") for t in fig.data)
+
+
+def test_log_curves_plot_every_logged_quantity(tmp_path):
+    """A training log becomes one panel per quantity (seconds left out), holding the logged values."""
+    import json
+
+    from circuitry.plotting import log_curves
+
+    log = tmp_path / "train_log.jsonl"
+    rows = [{"step": s, "loss": 5.0 / (s + 1), "lr": 1e-3, "seconds": 0.1 * s} for s in range(0, 50, 10)]
+    log.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    fig = log_curves(log, "Pretraining test")
+    assert [t.name for t in fig.data] == ["loss", "lr"] and list(fig.data[0].x) == [r["step"] for r in rows]
+    assert list(fig.data[0].y) == [r["loss"] for r in rows] and fig.layout.title.text == "Pretraining test"

@@ -1,6 +1,10 @@
-"""Figures for single results that have no richer view: a task score (metric per prompt) and transcoder quality."""
+"""Figures for results that have no richer view: a task score (metric per prompt), transcoder quality, and the
+training log of pretraining or transcoder training."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -33,4 +37,21 @@ def clt_quality_figure(quality: dict, name: str = "") -> go.Figure:
     fig.update_layout(width=900, height=420,
                       title=f"Transcoder quality{' of ' + name if name else ''}: {quality['ce_recovered']:.1%} of the CE gap recovered, "
                             f"{quality['dead_fraction']:.1%} dead features ({quality['n_tokens']} tokens)")  # fmt: skip
+    return fig
+
+
+def log_curves(log_path: str | Path, title: str) -> go.Figure:
+    """One panel per logged quantity (loss, lr, mse, L0, ...) against step, from a JSONL training log; the
+    wall-clock ``seconds`` column is left out. (Sparse post-training has its own figure, ``training_curves``.)"""
+    rows = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
+    keys = [k for k in rows[0] if k not in ("step", "seconds") and isinstance(rows[0][k], (int, float))] if rows else []
+    fig = make_subplots(rows=max(len(keys), 1), cols=1, shared_xaxes=True, vertical_spacing=0.06, subplot_titles=keys)
+    steps = [r["step"] for r in rows]
+    for i, key in enumerate(keys, start=1):
+        ys = [r.get(key) for r in rows]
+        fig.add_trace(go.Scatter(x=steps, y=ys, name=key, showlegend=False), i, 1)
+        if key in ("loss", "mse") and all(y is not None and y > 0 for y in ys):  # losses fall over decades
+            fig.update_yaxes(type="log", dtick="D2", row=i, col=1)
+    fig.update_xaxes(title="step", row=max(len(keys), 1), col=1)
+    fig.update_layout(title=title, width=800, height=max(300, 190 * len(keys)))
     return fig
