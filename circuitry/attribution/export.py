@@ -29,7 +29,7 @@ def feature_labels(model, clt, graph: AttributionGraph, nodes: list[int] | None 
     feats = range(graph.n_features) if nodes is None else [i for i in nodes if i < graph.n_features]
     labels = {}
     W_U = model.W_U.detach()
-    special = torch.tensor(sorted(set(model.tokenizer.all_special_ids) & set(range(W_U.shape[1]))), dtype=torch.long)
+    special = torch.tensor([t for t in model.tokenizer.all_special_ids if t < W_U.shape[1]], dtype=torch.long)
     for i in feats:
         layer, _, feat = graph.active_features[i].tolist()
         lens = clt.feature_write(layer, feat)[-1].detach() @ W_U

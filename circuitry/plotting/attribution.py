@@ -5,6 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+POS_RGB, NEG_RGB = "31,119,180", "214,39,40"  # edge colours: lines at half opacity, legend entries solid
 KIND_COLOUR = {"feature": "#4C78A8", "error": "#9D9D9D", "embedding": "#54A24B", "logit": "#E45756"}
 
 
@@ -33,7 +34,7 @@ def attribution_graph_figure(graph, model=None, clt=None, max_edges: int = 600) 
     for t, s in pairs:
         w = graph.adjacency[t, s].item()
         fig.add_trace(go.Scatter(x=[xy[s][0], xy[t][0]], y=[xy[s][1], xy[t][1]], mode="lines", hoverinfo="skip", showlegend=False,
-                                 line={"color": "rgba(31,119,180,0.5)" if w > 0 else "rgba(214,39,40,0.5)", "width": 0.5 + 4 * abs(w) / top}))  # fmt: skip
+                                 line={"color": f"rgba({POS_RGB if w > 0 else NEG_RGB},0.5)", "width": 0.5 + 4 * abs(w) / top}))  # fmt: skip
     for kind, colour in KIND_COLOUR.items():
         ids = [i for i in keep if graph.node(i)["kind"] == kind]
         if not ids:
@@ -49,8 +50,8 @@ def attribution_graph_figure(graph, model=None, clt=None, max_edges: int = 600) 
         fig.add_trace(go.Scatter(x=[xy[i][0] for i in ids], y=[xy[i][1] for i in ids], mode="markers", name=kind,
                                  marker={"color": colour, "size": size, "line": {"width": 0.5, "color": "black"}},
                                  text=text, hovertemplate="%{text}<extra></extra>"))  # fmt: skip
-    for label, colour in (("edge weight > 0", "rgb(31,119,180)"), ("edge weight < 0", "rgb(214,39,40)")):
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=label, line={"color": colour, "width": 2}))
+    for label, rgb in (("edge weight > 0", POS_RGB), ("edge weight < 0", NEG_RGB)):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=label, line={"color": f"rgb({rgb})", "width": 2}))
     fig.update_xaxes(tickvals=list(range(graph.n_pos)), ticktext=[f"{p}:{t}" for p, t in enumerate(graph.token_strs)], tickangle=45)
     fig.update_yaxes(tickvals=list(range(-1, graph.n_layers + 1)), ticktext=["emb"] + [f"L{l}" for l in range(graph.n_layers)] + ["logit"])
     fig.update_layout(title=f"Attribution graph ({graph.info.get('model', '')}): {graph.prompt!r}", width=max(1000, 200 + 80 * graph.n_pos),

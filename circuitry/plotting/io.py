@@ -3,11 +3,17 @@ directory instead of being fetched from a CDN); PNG only when kaleido can render
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from circuitry.artifacts import atomic_write_bytes
 
 PLOTLY_JS = "plotly.min.js"
+
+
+def read_log(log_path: str | Path) -> list[dict]:
+    """The rows of a JSONL training log (blank lines skipped)."""
+    return [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
 
 
 def save_figure(fig, path: str | Path, png: bool = True) -> list[Path]:

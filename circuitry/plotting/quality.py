@@ -3,11 +3,12 @@ training log of pretraining or transcoder training."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
+from circuitry.plotting.io import read_log
 
 
 def task_metric_figure(score) -> go.Figure:
@@ -43,7 +44,7 @@ def clt_quality_figure(quality: dict, name: str = "") -> go.Figure:
 def log_curves(log_path: str | Path, title: str) -> go.Figure:
     """One panel per logged quantity (loss, lr, mse, L0, ...) against step, from a JSONL training log; the
     wall-clock ``seconds`` column is left out. (Sparse post-training has its own figure, ``training_curves``.)"""
-    rows = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
+    rows = read_log(log_path)
     keys = [k for k in rows[0] if k not in ("step", "seconds") and isinstance(rows[0][k], (int, float))] if rows else []
     fig = make_subplots(rows=max(len(keys), 1), cols=1, shared_xaxes=True, vertical_spacing=0.06, subplot_titles=keys)
     steps = [r["step"] for r in rows]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -10,6 +9,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from circuitry.errors import CircuitryError
+from circuitry.plotting.io import read_log
 from circuitry.tasks.base import prompt_tokens
 
 
@@ -49,7 +49,7 @@ def attention_patterns(models: dict, prompt: str, layer: int, heads: list[int] |
 
 def training_curves(log_path: str | Path) -> go.Figure:
     """CE (with target), expected connectivity and λ per step from a sparsify JSONL log."""
-    rows = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
+    rows = read_log(log_path)
     steps = [r["step"] for r in rows]
     fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.07,
                         subplot_titles=["cross-entropy (nats per token)", "expected connectivity (share of causal edges)", "λ (Lagrange multiplier)"])  # fmt: skip
