@@ -152,7 +152,7 @@ def sparsify_cmd(
         save_figure(training_curves(out / "sparsify_log.jsonl"), out / "plots" / "training_curves")
         save_figure(head_connectivity(connectivity_report(sparse)), out / "plots" / "head_connectivity")
     _emit(meta, as_json, [
-        f"wrote {out}: connectivity {meta['connectivity']:.4f} (floor {meta['floor']:.4f}, "
+        f"connectivity {meta['connectivity']:.4f} (floor {meta['floor']:.4f}, "
         f"{meta['connectivity'] / meta['floor']:.2f}x), keys/query {meta['keys_per_query']:.2f}, "
         f"held-out CE {meta['heldout_ce']:.4f} vs dense {meta['dense_heldout_ce']:.4f}, {meta['train_seconds']:.0f} s",
     ])  # fmt: skip
@@ -223,7 +223,7 @@ def zoo_build_cmd(
         from circuitry.plotting import log_curves, save_figure
 
         save_figure(log_curves(out / "train_log.jsonl", f"Pretraining {meta['name']}"), out / "plots" / "training_curves")
-    _emit(meta, as_json, [f"wrote {out}: held-out CE {meta['heldout_ce']:.4f} in {meta['train_seconds']:.0f} s"])
+    _emit(meta, as_json, [f"held-out CE {meta['heldout_ce']:.4f} in {meta['train_seconds']:.0f} s"])
 
 
 from circuitry.cli_circuits import register as _register_circuit_commands  # noqa: E402

@@ -77,7 +77,7 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
 
             save_figure(log_curves(out / "train_log.jsonl", f"Transcoder training on {model}"), out / "plots" / "training_curves")
             save_figure(clt_quality_figure(q, model), out / "plots" / "clt_quality")
-        emit({"model": model, "out": str(out), **q}, as_json, [f"wrote {out}", *_quality_lines(q)])
+        emit({"model": model, "out": str(out), **q}, as_json, _quality_lines(q))
 
     @clt_app.command("eval")
     @one_line_errors

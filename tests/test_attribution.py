@@ -14,6 +14,7 @@ from circuitry.attribution import (
     target_values,
     to_circuit_tracer_json,
 )
+from circuitry.attribution.export import feature_labels, logit_lens
 from circuitry.attribution.prune import edge_influence, influence, normalize
 from circuitry.attribution.replacement import frozen_forward, true_injections
 from circuitry.transcoders import CLTConfig, CrossLayerTranscoder
@@ -220,16 +221,33 @@ def test_sparse_zoo_model_graph_is_exact_with_gated_patterns():
     actual, const = target_values(model, clt, graph)
     predicted = const + graph.adjacency[rows_of(graph)].sum(1)
     assert torch.allclose(predicted, actual, atol=1e-4 * actual.abs().max().item())
-    # feature labels: the logit lens of the last-layer write, never a special token (<pad>, <bos>, ...)
-    from circuitry.attribution.export import feature_labels
+    # feature labels: the logit lens of the summed write, never a special token (<pad>, <bos>, ...)
 
     labels = feature_labels(model, clt, graph)
     specials = {repr(t) for t in model.tokenizer.all_special_tokens}
     assert len(labels) == graph.n_features and not any(w in specials for text in labels.values() for w in text[2:].split(" "))
     layer, _, feat = graph.active_features[0].tolist()
-    lens = clt.feature_write(layer, feat)[-1].detach() @ model.W_U
+    lens = logit_lens(model, clt.feature_write(layer, feat).sum(0))
     lens[model.tokenizer.all_special_ids] = float("-inf")
     assert labels[0] == "→ " + " ".join(repr(model.tokenizer.decode([t])) for t in lens.topk(3).indices.tolist())
+
+
+@pytest.mark.parametrize("arch", ["gpt2-style", "rotary"])
+def test_logit_lens_is_the_logit_change_through_the_frozen_final_norm(arch):
+    """logit_lens(v) * (1 / scale) is what adding v to the final residual stream does to the logits when the
+    final layer norm's scale is held at its value (LayerNorm and RMSNorm models)."""
+    model, _, _ = random_setup(arch, seed=3)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a norm weight other than 1, so that leaving it out would show
+        model.ln_final.w.copy_(torch.rand(model.cfg.d_model, generator=gen) + 0.5)
+    resid, v = torch.randn(2, 1, 1, model.cfg.d_model, generator=gen)
+    scale = {}
+    keep = lambda x, hook: scale.setdefault("s", x)  # noqa: E731  (the first call stores, later calls reuse)
+    with model.hooks(fwd_hooks=[("ln_final.hook_scale", keep)]):
+        before = model.unembed(model.ln_final(resid))
+        after = model.unembed(model.ln_final(resid + v))
+    expected = logit_lens(model, v[0, 0]) / scale["s"][0, 0]
+    assert torch.allclose(after - before, expected, atol=1e-5 * expected.abs().max().item())
 
 
 def test_feature_cap_folds_the_rest_into_errors_and_stays_exact():

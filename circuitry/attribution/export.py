@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from circuitry.artifacts import atomic_write_json
 from circuitry.attribution.graph import AttributionGraph
@@ -23,16 +25,27 @@ def _token_str(text: str) -> str:
     return text.replace("\n", "⏎").replace("\t", "→").replace("\r", "↵")
 
 
+def logit_lens(model, direction: Float[Tensor, "d_model"]) -> Float[Tensor, "d_vocab"]:
+    """The change of the logits per unit of ``direction`` added to the final residual stream, with the final
+    layer norm's scale frozen at 1 (as attribution graphs freeze it): centred (LayerNorm), times ``ln_final.w``,
+    through ``W_U``. Models loaded with ``fold_ln`` have no ``ln_final.w``: it is already in ``W_U``."""
+    v = direction.detach()
+    if model.cfg.normalization_type in ("LN", "LNPre"):
+        v = v - v.mean()
+    w = getattr(model.ln_final, "w", None)
+    return (v if w is None else v * w.detach()) @ model.W_U.detach()
+
+
 def feature_labels(model, clt, graph: AttributionGraph, nodes: list[int] | None = None, k: int = 3) -> dict[int, str]:
-    """For feature nodes (all, or those in ``nodes``): the tokens their write to the last layer promotes most
-    (logit lens through the unembedding; special tokens such as <pad> and <bos> are never predicted and are left out)."""
+    """For feature nodes (all, or those in ``nodes``): the ``k`` tokens the feature's direct write promotes most,
+    i.e. the :func:`logit_lens` of its decoders summed over the layers it writes to (every write reaches the final
+    residual stream). Special tokens such as <pad> and <bos> are never predicted and are left out."""
     feats = range(graph.n_features) if nodes is None else [i for i in nodes if i < graph.n_features]
     labels = {}
-    W_U = model.W_U.detach()
-    special = torch.tensor([t for t in model.tokenizer.all_special_ids if t < W_U.shape[1]], dtype=torch.long)
+    special = torch.tensor([t for t in model.tokenizer.all_special_ids if t < model.cfg.d_vocab_out], dtype=torch.long)
     for i in feats:
         layer, _, feat = graph.active_features[i].tolist()
-        lens = clt.feature_write(layer, feat)[-1].detach() @ W_U
+        lens = logit_lens(model, clt.feature_write(layer, feat).sum(0))
         lens[special] = float("-inf")
         top = lens.topk(k).indices.tolist()
         labels[i] = "→ " + " ".join(repr(model.tokenizer.decode([t])) for t in top)
