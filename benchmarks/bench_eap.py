@@ -1,6 +1,8 @@
-"""EAP / EAP-local / EAP-IG / exact patching on tiny-dense IOI: timings and agreement with exact patching.
+"""EAP / EAP-local / EAP-IG / exact patching on a task (tiny-dense IOI by default): timings and agreement with exact patching.
 
-Usage: OMP_NUM_THREADS=1 python benchmarks/bench_eap.py [SEED] [MODEL]   (defaults: 0, tiny-dense)
+Usage: OMP_NUM_THREADS=1 python benchmarks/bench_eap.py [SEED] [MODEL] [TASK] [IG_STEPS]
+(defaults: 0, tiny-dense, ioi, 5). IG_STEPS is one or more EAP-IG step counts, comma-separated ("10,30,100"):
+one EAP-IG row each.
 """
 
 import os
@@ -18,6 +20,8 @@ from circuitry.circuits import Graph, eap_scores, exact_edge_scores, faithfulnes
 N_EAP, N_EXACT, BATCH = 200, 20, 50
 SEED = int(sys.argv[1]) if len(sys.argv) > 1 else 0
 MODEL = sys.argv[2] if len(sys.argv) > 2 else "tiny-dense"
+TASK = sys.argv[3] if len(sys.argv) > 3 else "ioi"
+IG_STEPS = [int(k) for k in sys.argv[4].split(",")] if len(sys.argv) > 4 else [5]
 
 
 def timed(fn):
@@ -28,16 +32,16 @@ def timed(fn):
 
 def main() -> None:
     model = load_model(MODEL)
-    task = get_task("ioi", model)
+    task = get_task(TASK, model)
     graph = Graph.from_model(model)
-    print(f"{MODEL}; torch threads {torch.get_num_threads()}; {graph}")
+    print(f"{MODEL}, {TASK}; torch threads {torch.get_num_threads()}; {graph}")
 
-    _, t = timed(lambda: eap_scores(model, task, graph, "eap", n=N_EAP, seed=SEED, batch_size=BATCH))
-    print(f"EAP        {N_EAP} IOI pairs: {t:6.2f} s")
-    _, t = timed(lambda: eap_scores(model, task, graph, "eap-local", n=N_EAP, seed=SEED, batch_size=BATCH))
-    print(f"EAP-local  {N_EAP} IOI pairs: {t:6.2f} s")
-    _, t = timed(lambda: eap_scores(model, task, graph, "eap-ig", ig_steps=5, n=N_EAP, seed=SEED, batch_size=BATCH))
-    print(f"EAP-IG (5) {N_EAP} IOI pairs: {t:6.2f} s")
+    ig = [(f"EAP-IG ({k})", {"method": "eap-ig", "ig_steps": k}) for k in IG_STEPS]
+    methods = (("EAP", {"method": "eap"}), ("EAP-local", {"method": "eap-local"}), *ig,
+               ("EAP-IG-node (3)", {"method": "eap-ig-node", "ig_steps": 3}))  # fmt: skip
+    for name, kwargs in methods[:-1]:
+        _, t = timed(lambda kw=kwargs: eap_scores(model, task, graph, n=N_EAP, seed=SEED, batch_size=BATCH, **kw))
+        print(f"{name:15s} {N_EAP} pairs: {t:6.2f} s")
 
     small = task.tokenize(task.pairs(N_EXACT, SEED))
     exact, t = timed(lambda: exact_edge_scores(model, small, graph, metric=task))
@@ -46,11 +50,9 @@ def main() -> None:
     top = exact.abs().topk(200).indices
     with torch.no_grad():
         m_clean, m_corrupt = (task.metric(model(t), small).mean().item() for t in (small.clean, small.corrupt))
-    print(f"metric (logit difference) clean {m_clean:.2f}, corrupted {m_corrupt:.2f}")
+    print(f"metric clean {m_clean:.2f}, corrupted {m_corrupt:.2f}")
     kinds = [graph.target_channel(n) or ("logits" if n.endswith("logits") else "mlp") for n in graph.edge_names]
     print(f"Spearman vs exact ({N_EXACT} pairs, seed {SEED}; top-200 edges by |exact| / all edges):")
-    methods = (("EAP", {"method": "eap"}), ("EAP-local", {"method": "eap-local"}), ("EAP-IG (5)", {"method": "eap-ig", "ig_steps": 5}),
-               ("EAP-IG-node (3)", {"method": "eap-ig-node", "ig_steps": 3}))  # fmt: skip
     for name, kwargs in methods:
         same = eap_scores(model, small, graph, metric=task, **kwargs)
         big = eap_scores(model, task, graph, n=N_EAP, seed=SEED, batch_size=BATCH, **kwargs)

@@ -6,7 +6,8 @@ N pairs. Prints, per seed, each estimator's Spearman against exact patching over
 |exact effect|; then, for every two seeds a and b, the Spearman of exact patching on b's pairs against exact
 patching on a's pairs over a's top 200: the ceiling an estimator scored on other prompts could reach.
 
-Usage: python benchmarks/eap_reliability.py [N_PAIRS] [MODEL] [FIRST_SEED] [R]   (defaults: 100, tiny-dense, 100, 4)
+Usage: python benchmarks/eap_reliability.py [N_PAIRS] [MODEL] [FIRST_SEED] [R] [NODE_IG_STEPS]
+(defaults: 100, tiny-dense, 100, 4, 3; NODE_IG_STEPS is EAP-IG-node's step count)
 """
 
 import itertools
@@ -25,9 +26,10 @@ N = int(sys.argv[1]) if len(sys.argv) > 1 else 100
 MODEL = sys.argv[2] if len(sys.argv) > 2 else "tiny-dense"
 FIRST = int(sys.argv[3]) if len(sys.argv) > 3 else 100
 R = int(sys.argv[4]) if len(sys.argv) > 4 else 4
+NODE_STEPS = int(sys.argv[5]) if len(sys.argv) > 5 else 3
 TOP = 200
 METHODS = {"EAP": {"method": "eap"}, "eap-local": {"method": "eap-local"}, "EAP-IG (5)": {"method": "eap-ig", "ig_steps": 5},
-           "EAP-IG-node (3)": {"method": "eap-ig-node", "ig_steps": 3}}  # fmt: skip
+           f"EAP-IG-node ({NODE_STEPS})": {"method": "eap-ig-node", "ig_steps": NODE_STEPS}}  # fmt: skip
 
 
 def main() -> None:
