@@ -1,8 +1,8 @@
 """EAP / EAP-local / EAP-IG / exact patching on a task (tiny-dense IOI by default): timings and agreement with exact patching.
 
-Usage: OMP_NUM_THREADS=1 python benchmarks/bench_eap.py [SEED] [MODEL] [TASK] [IG_STEPS]
-(defaults: 0, tiny-dense, ioi, 5). IG_STEPS is one or more EAP-IG step counts, comma-separated ("10,30,100"):
-one EAP-IG row each.
+Usage: OMP_NUM_THREADS=1 python benchmarks/bench_eap.py [SEED] [MODEL] [TASK] [IG_STEPS] [CORRUPTION]
+(defaults: 0, tiny-dense, ioi, 5, the task's default corruption). IG_STEPS is one or more EAP-IG step counts,
+comma-separated ("10,30,100"): one EAP-IG row each.
 """
 
 import os
@@ -22,6 +22,7 @@ SEED = int(sys.argv[1]) if len(sys.argv) > 1 else 0
 MODEL = sys.argv[2] if len(sys.argv) > 2 else "tiny-dense"
 TASK = sys.argv[3] if len(sys.argv) > 3 else "ioi"
 IG_STEPS = [int(k) for k in sys.argv[4].split(",")] if len(sys.argv) > 4 else [5]
+CORRUPTION = sys.argv[5] if len(sys.argv) > 5 else None
 
 
 def timed(fn):
@@ -32,9 +33,9 @@ def timed(fn):
 
 def main() -> None:
     model = load_model(MODEL)
-    task = get_task(TASK, model)
+    task = get_task(TASK, model, CORRUPTION)
     graph = Graph.from_model(model)
-    print(f"{MODEL}, {TASK}; torch threads {torch.get_num_threads()}; {graph}")
+    print(f"{MODEL}, {TASK} ({task.corruption} corruption); torch threads {torch.get_num_threads()}; {graph}")
 
     ig = [(f"EAP-IG ({k})", {"method": "eap-ig", "ig_steps": k}) for k in IG_STEPS]
     methods = (("EAP", {"method": "eap"}), ("EAP-local", {"method": "eap-local"}), *ig,
