@@ -7,6 +7,7 @@ faithfulness curve moves with the prompts, so one seed's ratio is a noisy figure
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -63,7 +64,11 @@ def _discover_models(task: str, models: list[str], seeds: list[int], corruption:
     runs: list[dict] = [{} for _ in seeds]
     for name, model, t in loaded:
         for run, seed in zip(runs, seeds):
-            run[name] = discover(model, t, method, n_prompts, seed, ablation=ablation, ig_steps=ig_steps, selection=selection, progress=None)
+            with warnings.catch_warnings(record=True) as caught:  # shown as one 'warning:' line each, not Python's two
+                warnings.simplefilter("always")
+                run[name] = discover(model, t, method, n_prompts, seed, ablation=ablation, ig_steps=ig_steps, selection=selection, progress=None)
+            for w in caught:
+                typer.echo(f"warning: {name}, seed {seed}: {w.message}", err=True)
     if out is not None:
         with staged_output(out) as stage:
             for run, seed in zip(runs, seeds):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,7 @@ class Discovery:
     selection: str = "abs"
     ig_steps: int | None = None  # integration steps of eap-ig / eap-ig-node (None for other methods)
     seed: int = 0  # prompts to score; faithfulness is measured on seed + 1
+    eval_prompts_scored: int = 0  # faithfulness prompts that are also among the scored ones (a small task file)
 
     def circuit(self, target: float = 0.9) -> Circuit | None:
         """The circuit at the curve's sustained crossing of f >= target (None if f never stays there)."""
@@ -60,13 +62,13 @@ class Discovery:
             "faithfulness_curve": [[p.n_edges, round(p.f, 5)] for p in c.points],
             "refined_points": [[p.n_edges, round(p.f, 5)] for p in c.refined],
             "m_full": round(c.m_full, 5), "m_empty": round(c.m_empty, 5), "cpr": round(c.cpr, 5), "cmd": round(c.cmd, 5),
-            "seconds": round(self.seconds, 2),
+            "eval_prompts_scored": self.eval_prompts_scored, "seconds": round(self.seconds, 2),
         }  # fmt: skip
 
 
 def discover(
     model,
-    task: Task,
+    task: Task | str,
     method: str = "eap-local",
     n_prompts: int = 100,
     seed: int = 0,
@@ -79,7 +81,14 @@ def discover(
 ) -> Discovery:
     """Score every edge with ``method``, then measure faithfulness of top-k circuits by patched forwards.
     ``batch_size`` None: as many prompts per batch as :func:`auto_batch_size` allows. ``progress``: bars over
-    exact patching and the curve (None: only on a terminal)."""
+    exact patching and the curve (None: only on a terminal). ``task``: a Task, or a name / task file for
+    :func:`circuitry.get_task` (default corruption). Faithfulness is measured on the prompts of ``seed + 1``;
+    prompts drawn for both seeds (a small task file, or a task with few distinct prompts) are counted in
+    ``eval_prompts_scored`` and a warning says so."""
+    if isinstance(task, str):
+        from circuitry.tasks import get_task
+
+        task = get_task(task, model)
     if method not in METHODS:
         raise CircuitryError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if n_prompts <= 0:
@@ -97,11 +106,24 @@ def discover(
         model, task, graph, scores, ablation, default_grid(graph.n_edges, grid_points), n=n_prompts, seed=seed + 1, batch_size=batch_size,
         selection=selection, progress=progress,
     )
+    shared = shared_prompts(task, n_prompts, seed)
+    if shared:
+        warnings.warn(
+            f"{shared} of the {curve.n_prompts} prompts faithfulness is measured on (seed {seed + 1}) were also scored "
+            f"on (seed {seed}): task {task.name!r} draws from a small set of prompts, so f is partly in-sample", stacklevel=2
+        )
     name = getattr(model.cfg, "model_name", "model")
     steps = ig_steps if method.startswith("eap-ig") else None
     # prompts actually scored: pairs(n, seed) is as long as the curve's pairs(n, seed + 1) (fewer than n_prompts when
     # a task file has fewer records)
-    return Discovery(name, task.name, method, curve.n_prompts, graph, scores, curve, time.time() - t0, ablation, selection, steps, seed)
+    return Discovery(name, task.name, method, curve.n_prompts, graph, scores, curve, time.time() - t0, ablation, selection, steps, seed,
+                     shared)  # fmt: skip
+
+
+def shared_prompts(task: Task, n_prompts: int, seed: int) -> int:
+    """How many of the pairs of ``seed + 1`` (faithfulness) are also among those of ``seed`` (scoring)."""
+    scored = {(p.clean, p.corrupt) for p in task.pairs(n_prompts, seed)}
+    return sum((p.clean, p.corrupt) in scored for p in task.pairs(n_prompts, seed + 1))
 
 
 def auto_batch_size(model, task: Task, graph: Graph, n_prompts: int, seed: int = 0, budget_bytes: int = 2**30) -> int:

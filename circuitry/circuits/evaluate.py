@@ -144,7 +144,7 @@ def faithfulness(
     """f of one circuit (or edge mask) by real forward passes."""
     check_ablation(ablation)
     graph.check_model(model)
-    mask = graph.check_edge_vector(circuit.edge_mask if isinstance(circuit, Circuit) else circuit, "edge mask").bool()
+    mask = graph.check_edge_mask(circuit.edge_mask if isinstance(circuit, Circuit) else circuit)
     batches, metric_fn = resolve_data(task_or_batches, metric, n, seed, batch_size)
     abl = resolve_ablation(model, graph, batches, ablation)
     full, empty = torch.ones(graph.n_edges, dtype=torch.bool), torch.zeros(graph.n_edges, dtype=torch.bool)
@@ -189,7 +189,7 @@ def faithfulness_curve(
     check_ablation(ablation)
     check_selection(selection)
     graph.check_model(model)
-    scores = graph.check_edge_vector(graph.scores if scores is None else scores, "scores")
+    scores = graph.require_scores(scores)
     grid = default_grid(graph.n_edges) if grid is None else sorted({int(k) for k in grid})
     if not grid or grid[0] < 1 or grid[-1] > graph.n_edges:
         raise CircuitryError(f"grid budgets must be between 1 and {graph.n_edges} edges")

@@ -123,7 +123,7 @@ class Graph:
         dst, src = self.valid.T.nonzero(as_tuple=True)  # ordered by target, then source
         self.edge_src: Int[Tensor, " edge"] = src
         self.edge_dst: Int[Tensor, " edge"] = dst
-        self.scores: Float[Tensor, " edge"] = torch.zeros(len(src))
+        self.scores: Float[Tensor, " edge"] | None = None  # set by eap_scores / exact_edge_scores
         self._names: list[str] | None = None
         self._index: dict[str, int] | None = None
 
@@ -181,12 +181,35 @@ class Graph:
                 f"{cfg.n_layers} x {cfg.n_heads} (mlp={not cfg.attn_only})"
             )
         check_model(model)
+        gates = getattr(model, "gates", None)
+        if gates is not None and gates.mode == "train":
+            raise CircuitryError(
+                "the model's gates are in 'train' mode (random, so scores and faithfulness would change from run "
+                "to run); circuits use deterministic gates: model.gates.set_mode('eval')"
+            )
+
+    def require_scores(self, scores: Tensor | None = None) -> Float[Tensor, " edge"]:
+        """``scores`` if given, else the scores the last full scoring run stored on this graph."""
+        if scores is None:
+            if self.scores is None:
+                raise CircuitryError(
+                    "this graph has no scores yet: run eap_scores or exact_edge_scores on it, or pass scores="
+                )
+            scores = self.scores
+        return self.check_edge_vector(scores, "scores")
 
     def check_edge_vector(self, values: Tensor, what: str = "edge vector") -> Tensor:
         values = torch.as_tensor(values)
         if values.shape != (self.n_edges,):
             raise CircuitryError(f"{what} has shape {tuple(values.shape)}; this graph has {self.n_edges} edges")
         return values
+
+    def check_edge_mask(self, mask: Tensor) -> Bool[Tensor, " edge"]:
+        """A boolean edge mask; 0/1 numbers are accepted, anything else (e.g. scores) is refused."""
+        mask = self.check_edge_vector(mask, "edge mask")
+        if mask.dtype != torch.bool and not ((mask == 0) | (mask == 1)).all():
+            raise CircuitryError("edge mask must be boolean (or 0/1); got other values - scores? select a circuit first")
+        return mask.bool()
 
     # ------------------------------------------------------------ conversions
     def to_matrix(self, values: Float[Tensor, " edge"], fill: float = 0.0) -> Float[Tensor, "source target"]:
@@ -201,13 +224,14 @@ class Graph:
 
     def to_networkx(self, edge_mask: Bool[Tensor, " edge"] | None = None, scores: Tensor | None = None):
         """A ``networkx.MultiDiGraph`` over nodes; one edge per graph edge (key = edge name) with
-        attributes ``channel`` (q/k/v or empty), ``score`` and ``index``. ``edge_mask`` keeps a subset."""
+        attributes ``channel`` (q/k/v or empty), ``score`` (NaN if unscored) and ``index``. ``edge_mask`` keeps a subset."""
         import networkx as nx
 
         scores = self.scores if scores is None else self.check_edge_vector(scores, "scores")
+        scores = torch.full((self.n_edges,), float("nan")) if scores is None else scores
         keep = torch.ones(self.n_edges, dtype=torch.bool)
         if edge_mask is not None:
-            keep = self.check_edge_vector(edge_mask, "edge mask").bool()
+            keep = self.check_edge_mask(edge_mask)
         g = nx.MultiDiGraph()
         for name in self.nodes:
             kind = "input" if name == "input" else "logits" if name == "logits" else "mlp" if name[0] == "m" else "head"

@@ -35,7 +35,7 @@ def resolve_data(
     if isinstance(task_or_batches, Task):
         if batch_size <= 0:
             raise CircuitryError(f"batch size must be positive, got {batch_size}")
-        return list(task_or_batches.batches(n, seed, batch_size)), metric or task_or_batches.metric
+        return list(task_or_batches.batches(n, seed, batch_size)), per_prompt(metric or task_or_batches.metric)
     batches = [task_or_batches] if isinstance(task_or_batches, TaskBatch) else list(task_or_batches)
     if not batches or not all(isinstance(b, TaskBatch) for b in batches):
         raise CircuitryError("expected a Task, a TaskBatch or a non-empty list of TaskBatch")
@@ -43,7 +43,30 @@ def resolve_data(
         raise CircuitryError(
             "pass metric= (a Task or a function of (logits, batch)) when giving batches instead of a task"
         )
-    return batches, metric
+    for b in batches:
+        if b.clean.shape != b.corrupt.shape:
+            raise CircuitryError(
+                f"clean and corrupted tokens differ in shape ({tuple(b.clean.shape)} vs {tuple(b.corrupt.shape)}); "
+                "every pair must have the same token length"
+            )
+    return batches, per_prompt(metric)
+
+
+def per_prompt(metric: Metric) -> Metric:
+    """``metric`` checked to return one value per prompt ([batch]); a scalar (a mean) would silently rescale
+    scores by 1/batch or break the stacked runs of exact patching."""
+
+    def checked(logits: Tensor, batch: TaskBatch) -> Tensor:
+        out = metric(logits, batch)
+        if not isinstance(out, Tensor) or out.shape != (logits.shape[0],):
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise CircuitryError(
+                f"the metric must return one value per prompt, shape ({logits.shape[0]},); got {shape} "
+                "(do not average over the batch)"
+            )
+        return out
+
+    return checked
 
 
 class MeanSources:
@@ -209,7 +232,7 @@ def patched_logits(
 
 def removed_matrix(graph: Graph, edge_mask: Bool[Tensor, " edge"]) -> Float[Tensor, "source target"]:
     """0/1 [source, target] matrix of the edges NOT in ``edge_mask``."""
-    keep = graph.check_edge_vector(edge_mask, "edge mask").bool()
+    keep = graph.check_edge_mask(edge_mask)
     return graph.to_matrix((~keep).float())
 
 
@@ -299,7 +322,8 @@ def exact_edge_scores(
 ) -> Float[Tensor, " edge"]:
     """Per edge: mean over prompts of m(clean run with only that edge ablated) - m(clean run).
 
-    ``edges`` (names or indices) restricts the work; other entries are NaN. With one edge ablated,
+    Stored in ``graph.scores`` when every edge is scored (as :func:`eap_scores` does), so selection and
+    faithfulness curves use them by default. ``edges`` (names or indices) restricts the work; other entries are NaN. With one edge ablated,
     everything upstream of its target is the clean run, so each ablation starts from the cached
     clean residual stream at the target's layer; up to ``max_rows`` rows (copies x prompts) go
     through the model at once. ``progress``: a bar over the stacked runs (None: only on a terminal).
@@ -339,6 +363,8 @@ def exact_edge_scores(
     bar.close()
     out = torch.full((graph.n_edges,), float("nan"))
     out[which] = (total / n_prompts).float()
+    if edges is None:
+        graph.scores = out
     return out
 
 

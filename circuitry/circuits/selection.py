@@ -38,7 +38,7 @@ class Circuit:
 
     @classmethod
     def from_mask(cls, graph: Graph, edge_mask: Bool[Tensor, " edge"], scores: Tensor | None = None) -> "Circuit":
-        mask = graph.check_edge_vector(edge_mask, "edge mask").bool().clone()
+        mask = graph.check_edge_mask(edge_mask).clone()
         src, dst = graph.edge_nodes()
         used = set()
         for i in mask.nonzero().flatten().tolist():
@@ -78,7 +78,7 @@ class Circuit:
 
 def prune(graph: Graph, edge_mask: Bool[Tensor, " edge"]) -> Bool[Tensor, " edge"]:
     """Keep only edges on an ``input`` -> ``logits`` path of kept edges (networkx reachability)."""
-    mask = graph.check_edge_vector(edge_mask, "edge mask").bool()
+    mask = graph.check_edge_mask(edge_mask)
     src, dst = graph.edge_nodes()
     kept = mask.nonzero().flatten().tolist()
     g = nx.DiGraph()
@@ -178,7 +178,7 @@ def select_circuit(
     pruned: bool = True,
 ) -> Circuit:
     """A :class:`Circuit` from scores (default ``graph.scores``), pruned unless ``pruned=False``."""
-    scores = graph.scores if scores is None else scores
+    scores = graph.require_scores(scores)
     if method in ("top-n", "greedy"):
         if n is None:
             raise CircuitryError(f"selection {method!r} needs n (number of edges)")
