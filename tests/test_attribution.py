@@ -1,6 +1,8 @@
 """Attribution graphs: exactness at the frozen point, interventions, the attention split, pruning against a
 brute-force series, save/load, and circuit-tracer's JSON schema."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -275,3 +277,32 @@ def test_float64_model_and_clt_give_the_float32_graph():
     g64 = attribute(m64, default_clt(m64).to(torch.float64), prompt)
     assert g64.adjacency.dtype == torch.float64 and g64.adjacency.shape == g32.adjacency.shape
     assert (g64.adjacency - g32.adjacency.double()).abs().max() < 1e-4 * g32.adjacency.abs().max()
+
+
+def test_graph_inputs_are_checked_and_provenance_names_the_model():
+    """A [1, pos] token tensor is one prompt; a transcoder of another shape, an attention-only model and a
+    batch of prompts are refused in one line; a transcoder trained on another model warns, and the graph records
+    both fingerprints."""
+    from circuitry.attribution import attribute
+    from circuitry.errors import CircuitryError
+    from circuitry.zoo.registry import model_fingerprint
+
+    model, clt, tokens = random_setup("gpt2-style", seed=4)
+    flat, batched = build_graph(model, clt, tokens, max_logits=2), build_graph(model, clt, tokens[None], max_logits=2)
+    assert torch.equal(flat.adjacency, batched.adjacency)
+    with pytest.raises(CircuitryError, match="one prompt"):
+        build_graph(model, clt, tokens.repeat(2, 1))
+    other = CrossLayerTranscoder(CLTConfig(model.cfg.n_layers + 1, model.cfg.d_model, 12))
+    with pytest.raises(CircuitryError, match="transcoder is for 3 layers"):
+        build_graph(model, other, tokens)
+    attn_only, _, _ = random_setup("attn-only", seed=4)
+    with pytest.raises(CircuitryError, match="no MLPs"):
+        build_graph(attn_only, clt, tokens)
+    clt.record = {"fingerprint": "clt-fp", "model_fingerprint": "another-model"}
+    with pytest.warns(UserWarning, match="trained on another model"):
+        graph = attribute(model, clt, tokens, max_logits=2, attention=False)
+    assert graph.info["model_fingerprint"] == model_fingerprint(model) and graph.info["clt_model_fingerprint"] == "another-model"
+    clt.record["model_fingerprint"] = model_fingerprint(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the matching model: no warning
+        assert attribute(model, clt, tokens, max_logits=2, attention=False).info["clt_fingerprint"] == "clt-fp"

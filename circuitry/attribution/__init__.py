@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +30,26 @@ def attribute(model, clt, prompt: str, node_threshold: float = 0.8, edge_thresho
     graph = build_graph(model, clt, prompt, max_logits, desired_logit_prob)
     apply_pruning(graph, node_threshold, edge_threshold)
     graph.info.update(graph_scores(graph))
-    clt_record = getattr(clt, "record", {})
-    graph.info.update({"clt_fingerprint": clt_record.get("fingerprint"), "model_fingerprint": clt_record.get("model_fingerprint")})
+    graph.info.update(provenance(model, clt))
     if attention:
         split = attention_split(model, clt, graph, pruned=attention_pruned)
         graph.attention = {"mass": split["mass"], "influence_mass": split["influence_mass"]}
         graph.info["attention"] = attention_summary(split) | {"scope": "pruned graph" if attention_pruned else "full graph"}
     graph.info["seconds"] = round(time.time() - t0, 3)
     return graph
+
+
+def provenance(model, clt) -> dict[str, str | None]:
+    """Fingerprints of the transcoder, of the model the graph is built on, and of the model the transcoder was
+    trained on; a warning when the last two differ (the graph stays exact - error nodes absorb what the
+    transcoder misses - but its features were not learned on this model's activations)."""
+    from circuitry.zoo.registry import model_fingerprint
+
+    record = getattr(clt, "record", {})
+    fp, trained_on = model_fingerprint(model), record.get("model_fingerprint")
+    if trained_on is not None and trained_on != fp:
+        warnings.warn(f"the transcoder was trained on another model (fingerprint {trained_on}; this model: {fp})", stacklevel=3)
+    return {"clt_fingerprint": record.get("fingerprint"), "model_fingerprint": fp, "clt_model_fingerprint": trained_on}
 
 
 def graph_summary(graph: AttributionGraph) -> dict[str, Any]:

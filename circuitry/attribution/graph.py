@@ -168,6 +168,19 @@ def cap_features(clt: CrossLayerTranscoder, point: FrozenPoint, max_features: in
     point.recon = clt.decode(point.acts)
 
 
+def check_pair(model, clt: CrossLayerTranscoder) -> None:
+    """The transcoder must replace this model's MLPs: same layer count and width, and the model has MLPs."""
+    if model.cfg.attn_only:
+        raise CircuitryError("this model has no MLPs: a cross-layer transcoder replaces MLPs, so it has no attribution graph")
+    if getattr(model.cfg, "use_qk_norm", False):
+        raise CircuitryError("attribution graphs do not support models with QK-norm (their frozen norm scales have a head axis)")
+    if (clt.cfg.n_layers, clt.cfg.d_model) != (model.cfg.n_layers, model.cfg.d_model):
+        raise CircuitryError(
+            f"the transcoder is for {clt.cfg.n_layers} layers of width {clt.cfg.d_model}; the model has "
+            f"{model.cfg.n_layers} of width {model.cfg.d_model}"
+        )
+
+
 def build_graph(
     model,
     clt: CrossLayerTranscoder,
@@ -180,8 +193,14 @@ def build_graph(
 ) -> AttributionGraph:
     """The full (unpruned) attribution graph of ``prompt`` (BOS prepended as the model does), or of a 1-D
     tensor of token ids (used as given). At most ``max_feature_nodes`` features (circuit-tracer's default
-    7,500); the rest are folded into the error nodes, so the graph stays exact."""
+    7,500); the rest are folded into the error nodes, so the graph stays exact. A [1, pos] tensor (what
+    ``model.to_tokens`` returns) is one prompt too."""
+    check_pair(model, clt)
     if isinstance(prompt, Tensor):
+        if prompt.dim() == 2 and prompt.shape[0] == 1:
+            prompt = prompt[0]
+        if prompt.dim() != 1 or len(prompt) == 0:
+            raise CircuitryError(f"expected one prompt's token ids, shape [pos] or [1, pos]; got {tuple(prompt.shape)}")
         tokens, prompt = prompt, ""
         token_strs = [str(t) for t in tokens.tolist()]
         check_context(model, len(tokens))
