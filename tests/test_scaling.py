@@ -115,6 +115,8 @@ def test_bf16_autocast_trains_close_to_fp32(small_tokenizer, tmp_path):
     assert abs(bf16["heldout_ce"] - fp32["heldout_ce"]) < 0.02 * fp32["heldout_ce"]
     assert max_diff(weights(tmp_path / "f"), weights(tmp_path / "b")) > 0  # really ran in bf16
     assert "--precision bf16" in bf16["command"]
+    # a user's own model (not from the zoo) is recorded under its own name, not as tiny-dense's child
+    assert bf16["parent"] == "custom" and bf16["command"].startswith("circuitry sparsify --model custom ")
     with pytest.raises(CircuitryError, match="unknown precision"):
         autocast("fp8", "cpu")
 

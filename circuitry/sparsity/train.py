@@ -72,12 +72,16 @@ class SparsifyConfig:
 
 
 def sparsify(
-    model, out: str | Path, cfg: SparsifyConfig, resume: bool = False, name: str | None = None, parent: str = "tiny-dense", progress: bool = True
+    model, out: str | Path, cfg: SparsifyConfig, resume: bool = False, name: str | None = None, parent: str | None = None,
+    progress: bool = True,
 ):
     """Post-train ``model`` (dense, with a tokenizer) in place into a gated sparse model written to ``out``
-    (``name``: the model's name in its meta.json, by default ``out``'s folder name)."""
+    (``name``: the model's name in its meta.json, by default ``out``'s folder name; ``parent``: the name the dense
+    model is loaded by, by default the name a zoo or saved model records, else ``model.cfg.model_name``; the
+    meta.json's ``command`` uses it)."""
     out = Path(out)
     name = name or out.name
+    parent = parent or getattr(model, "circuitry_info", {}).get("name") or model.cfg.model_name
     ctx = check_options(cfg.grad_accum, cfg.precision, cfg.seq_len, model.cfg.n_ctx, cfg.batch_size)
     ckpt = prepare_run_dir(out, resume, CHECKPOINT)
     stream = TokenStream.for_model(model)
