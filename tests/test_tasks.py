@@ -136,3 +136,23 @@ def test_tasks_filter_words_for_another_tokenizer():
     b = task.tokenize(task.pairs(40, 0))
     pad = tok.pad_token_id
     assert torch.equal((b.clean != pad).sum(1), (b.corrupt != pad).sum(1))
+
+
+def test_hand_built_batches_are_checked_in_one_line():
+    """TaskBatch refuses what would otherwise fail deep inside a forward pass or index the wrong position."""
+    from circuitry.tasks.base import TaskBatch
+
+    clean = torch.zeros(3, 6, dtype=torch.long)
+    pos, ids = torch.tensor([5, 4, 5]), torch.tensor([[1], [2], [3]])
+    assert len(TaskBatch(clean, clean.clone(), pos, ids, ids)) == 3
+    bad = {
+        r"correct has shape \(3,\)": dict(correct=torch.tensor([1, 2, 3])),
+        r"answer_pos has shape \(\)": dict(answer_pos=torch.tensor(5)),
+        "must be tensors; answer_pos": dict(answer_pos=5),
+        r"answer_pos must lie in \[0, 6\)": dict(answer_pos=torch.tensor([5, 6, 5])),
+        r"wrong has shape \(2, 1\)": dict(wrong=ids[:2]),
+    }
+    for message, change in bad.items():
+        args = {"clean": clean, "corrupt": clean, "answer_pos": pos, "correct": ids, "wrong": ids, **change}
+        with pytest.raises(CircuitryError, match=message):
+            TaskBatch(**args)

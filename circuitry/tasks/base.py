@@ -43,6 +43,20 @@ class TaskBatch:
     wrong: Int[Tensor, "batch n_wrong"]  # -1 = padding
     pairs: list[PromptPair] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        """Shapes checked once, so a hand-built batch fails here in one line, not deep inside a forward pass."""
+        fields = {"clean": self.clean, "corrupt": self.corrupt, "answer_pos": self.answer_pos, "correct": self.correct, "wrong": self.wrong}
+        if not all(isinstance(t, Tensor) for t in fields.values()):
+            bad = [k for k, t in fields.items() if not isinstance(t, Tensor)]
+            raise CircuitryError(f"TaskBatch fields must be tensors; {', '.join(bad)} are not")
+        b = self.clean.shape[0] if self.clean.dim() == 2 else -1
+        expected = {"clean": "[batch, pos]", "corrupt": "[batch, pos]", "answer_pos": "[batch]", "correct": "[batch, n]", "wrong": "[batch, n]"}
+        for k, t in fields.items():
+            if t.dim() != expected[k].count(",") + 1 or t.shape[0] != b:
+                raise CircuitryError(f"TaskBatch.{k} has shape {tuple(t.shape)}; expected {expected[k]} (batch = clean's rows)")
+        if len(self.answer_pos) and not (0 <= int(self.answer_pos.min()) and int(self.answer_pos.max()) < self.clean.shape[1]):
+            raise CircuitryError(f"TaskBatch.answer_pos must lie in [0, {self.clean.shape[1]}) (the prompt positions)")
+
     def __len__(self) -> int:
         return self.clean.shape[0]
 
