@@ -97,6 +97,8 @@ def test_custom_json_and_jsonl(dense, tmp_path):
         ({"clean": "The capital of France is", "corrupt": "The capital of is", "answer": "Paris", "wrong": "Rome"}, "bad.jsonl line 3: clean and corrupt differ in token length"),
         ({"clean": "The capital of France is", "corrupt": "The capital of Italy is", "answer": "Paris Rome", "wrong": "Rome"}, "bad.jsonl line 3: answer 'Paris Rome' is not a single token"),
         ({"clean": "The capital of France is", "corrupt": "The capital of Italy is", "wrong": "Rome"}, "bad.jsonl line 3: 'answer'"),
+        ({"clean": ["The capital of France is", "The capital of Spain is"], "corrupt": "The capital of Italy is", "answer": ["Paris", "Madrid"],
+          "wrong": "Rome"}, "bad.jsonl line 3: 'clean' must be one prompt string"),  # two prompts in one record: not silently the first
     ],
 )
 def test_bad_custom_records_are_named(dense, tmp_path, record, message):

@@ -1,7 +1,9 @@
 """Custom tasks from a JSON / JSONL file of ``{clean, corrupt, answer, wrong}`` records.
 
-``answer`` and ``wrong`` are strings (or lists of strings) that must each be one token. A JSON
-file may also be an object ``{"metric": "logit_diff" | "prob_diff", "records": [...]}``.
+``clean`` and ``corrupt`` are one prompt each; ``answer`` and ``wrong`` are strings (or lists of strings) that must
+each be one token, with the leading space where the tokenizer puts one (``" Mary"`` for GPT-2's BPE, where
+``"Mary"`` is another token). A JSON file may also be an object
+``{"metric": "logit_diff" | "prob_diff", "records": [...]}``.
 """
 
 from __future__ import annotations
@@ -70,6 +72,9 @@ class CustomTask(Task):
         for r, where in zip(records, self.labels):
             if not isinstance(r, dict):
                 raise CircuitryError(f"{where}: not an object")
+            for key in ("clean", "corrupt"):
+                if not isinstance(r.get(key), str):
+                    raise CircuitryError(f"{where}: {key!r} must be one prompt string (one record per clean/corrupt pair)")
             fields = [_strings(r, key, where) for key in ("clean", "corrupt", "answer", "wrong")]
             self.records.append(PromptPair(fields[0][0], fields[1][0], fields[2], fields[3]))
         super().__init__(model_or_tokenizer, corruption)
