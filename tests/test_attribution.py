@@ -295,6 +295,8 @@ def test_graph_inputs_are_checked_and_provenance_names_the_model():
     other = CrossLayerTranscoder(CLTConfig(model.cfg.n_layers + 1, model.cfg.d_model, 12))
     with pytest.raises(CircuitryError, match="transcoder is for 3 layers"):
         build_graph(model, other, tokens)
+    with pytest.raises(CircuitryError, match="clt.to"):
+        build_graph(model, CrossLayerTranscoder(CLTConfig(model.cfg.n_layers, model.cfg.d_model, 12)).double(), tokens)
     attn_only, _, _ = random_setup("attn-only", seed=4)
     with pytest.raises(CircuitryError, match="no MLPs"):
         build_graph(attn_only, clt, tokens)

@@ -74,3 +74,22 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(small_tokeni
         sparsify(model, tmp_path / "n", SparsifyConfig(**{**CFG, "checkpoint_every": 2}), progress=False)
     _, meta = load_tensors(tmp_path / "n" / CHECKPOINT)
     assert meta["step"] == 4
+
+
+def test_training_refuses_unsuitable_models_before_writing_anything(tmp_path):
+    """A gated model (sparsify), a model without a tokenizer (sparsify), an attention-only model (CLT training):
+    one-line errors, and no run directory left behind."""
+    from circuitry.sparsity import attach_gates
+    from circuitry.transcoders import CLTTrainConfig
+    from circuitry.transcoders.train import train_clt
+    from tests.random_models import BASE
+
+    gated = build_model(BASE, seed=0)
+    attach_gates(gated)
+    with pytest.raises(CircuitryError, match="already has gates"):
+        sparsify(gated, tmp_path / "a", SparsifyConfig(steps=1), progress=False)
+    with pytest.raises(CircuitryError, match="no tokenizer"):
+        sparsify(build_model(BASE, seed=0), tmp_path / "b", SparsifyConfig(steps=1), progress=False)
+    with pytest.raises(CircuitryError, match="no MLPs"):
+        train_clt(build_model({**BASE, "attn_only": True, "d_mlp": None}, seed=0), tmp_path / "c", CLTTrainConfig(steps=1), progress=False)
+    assert not any(tmp_path.iterdir())

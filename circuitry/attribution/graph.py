@@ -179,6 +179,9 @@ def check_pair(model, clt: CrossLayerTranscoder) -> None:
             f"the transcoder is for {clt.cfg.n_layers} layers of width {clt.cfg.d_model}; the model has "
             f"{model.cfg.n_layers} of width {model.cfg.d_model}"
         )
+    dtype = next(clt.parameters()).dtype
+    if dtype != model.cfg.dtype:
+        raise CircuitryError(f"the transcoder is {dtype} and the model {model.cfg.dtype}; convert one, e.g. clt.to(model.cfg.dtype)")
 
 
 def build_graph(

@@ -83,8 +83,10 @@ def sparsify(
     name = name or out.name
     parent = parent or getattr(model, "circuitry_info", {}).get("name") or model.cfg.model_name
     ctx = check_options(cfg.grad_accum, cfg.precision, cfg.seq_len, model.cfg.n_ctx, cfg.batch_size)
-    ckpt = prepare_run_dir(out, resume, CHECKPOINT)
+    if getattr(model, "gates", None) is not None:  # before anything is written or measured
+        raise CircuitryError("this model already has gates attached; sparsify a dense model (detach_gates(model) first)")
     stream = TokenStream.for_model(model)
+    ckpt = prepare_run_dir(out, resume, CHECKPOINT)
     dense_ce = heldout_ce(model, stream, cfg.heldout_sequences, length=ctx)
     target = cfg.target_ce if cfg.target_ce is not None else dense_ce * (1 + cfg.tolerance)
     gates = attach_gates(model, bias_init=cfg.bias_init, mode="train")

@@ -119,6 +119,8 @@ def train_clt(model, out: str | Path, cfg: CLTTrainConfig, resume: bool = False,
     Under ``torchrun`` each rank takes its shard of every global batch and DDP averages the gradients."""
     out = Path(out)
     ctx = check_options(cfg.grad_accum, cfg.precision, cfg.seq_len, model.cfg.n_ctx, cfg.batch_size)
+    if model.cfg.attn_only:  # before the run directory is made
+        raise CircuitryError("this model has no MLPs: a cross-layer transcoder replaces MLPs")
     ckpt = prepare_run_dir(out, resume, CHECKPOINT)
     if (out / "config.yaml").exists():
         raise CircuitryError(f"{out} already holds a transcoder; choose another --out")

@@ -96,6 +96,8 @@ class TokenStream:
     @classmethod
     def for_model(cls, model) -> "TokenStream":
         """Text of the language ``model`` was trained on, in its tokenizer."""
+        if getattr(model, "tokenizer", None) is None:
+            raise CircuitryError("this model has no tokenizer; training reads the synthetic language through it")
         return cls(model.tokenizer, SyntheticLanguage.of(model))
 
     def batch(self, key: str, size: int, length: int) -> Int[Tensor, "batch pos"]:
