@@ -22,7 +22,7 @@ from circuitry.artifacts import load_tensors, save_tensors
 from circuitry.attribution.replacement import FrozenPoint, backward_rows, constant_injections, freeze, frozen_forward, write_points
 from circuitry.errors import CircuitryError
 from circuitry.tasks.base import check_context, prompt_tokens
-from circuitry.transcoders.clt import CrossLayerTranscoder
+from circuitry.transcoders.clt import CrossLayerTranscoder, check_has_mlps
 
 
 @dataclass
@@ -170,8 +170,7 @@ def cap_features(clt: CrossLayerTranscoder, point: FrozenPoint, max_features: in
 
 def check_pair(model, clt: CrossLayerTranscoder) -> None:
     """The transcoder must replace this model's MLPs: same layer count and width, and the model has MLPs."""
-    if model.cfg.attn_only:
-        raise CircuitryError("this model has no MLPs: a cross-layer transcoder replaces MLPs, so it has no attribution graph")
+    check_has_mlps(model)
     if getattr(model.cfg, "use_qk_norm", False):
         raise CircuitryError("attribution graphs do not support models with QK-norm (their frozen norm scales have a head axis)")
     if (clt.cfg.n_layers, clt.cfg.d_model) != (model.cfg.n_layers, model.cfg.d_model):

@@ -43,12 +43,6 @@ def resolve_data(
         raise CircuitryError(
             "pass metric= (a Task or a function of (logits, batch)) when giving batches instead of a task"
         )
-    for b in batches:
-        if b.clean.shape != b.corrupt.shape:
-            raise CircuitryError(
-                f"clean and corrupted tokens differ in shape ({tuple(b.clean.shape)} vs {tuple(b.corrupt.shape)}); "
-                "every pair must have the same token length"
-            )
     return batches, per_prompt(metric)
 
 

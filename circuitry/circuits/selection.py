@@ -189,4 +189,4 @@ def select_circuit(
         mask = threshold(graph, scores, tau, absolute)
     else:
         raise CircuitryError(f"unknown selection method {method!r}; choose from top-n, threshold, greedy")
-    return Circuit.from_mask(graph, prune(graph, mask) if pruned else mask, graph.check_edge_vector(scores, "scores"))
+    return Circuit.from_mask(graph, prune(graph, mask) if pruned else mask, scores)

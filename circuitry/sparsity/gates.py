@@ -98,6 +98,12 @@ class AttentionGates(nn.Module):
         return out
 
 
+def check_dense(model) -> None:
+    """Gates go on a model without gates (attaching twice would gate every pattern twice)."""
+    if getattr(model, "gates", None) is not None:
+        raise CircuitryError("this model already has gates attached; detach_gates(model) first")
+
+
 def attach_gates(
     model,
     bias_init: float = 2.0,
@@ -111,8 +117,7 @@ def attach_gates(
     Works on any HookedTransformer: the hooks only read ``hook_attn_scores`` and scale
     ``hook_pattern``, whose shapes are [batch, head, query, key] for every attention variant.
     """
-    if getattr(model, "gates", None) is not None:
-        raise CircuitryError("this model already has gates attached; detach_gates(model) first")
+    check_dense(model)
     cfg = model.cfg
     if gates is None:
         gates = AttentionGates(cfg.n_layers, cfg.n_heads, bias_init, learn_bias, mode, renormalise)

@@ -26,7 +26,7 @@ from circuitry.distributed import barrier, is_main, mean_over_ranks, rank_and_wo
 from circuitry.errors import CircuitryError
 from circuitry.lora import add_lora, lora_target_of, merge_lora
 from circuitry.sparsity.connectivity import expected_connectivity, measure_connectivity
-from circuitry.sparsity.gates import attach_gates
+from circuitry.sparsity.gates import attach_gates, check_dense
 from circuitry.training import autocast, check_fields, check_options, micro_batches, no_sync, rng_rewinder, set_activation_checkpointing
 from circuitry.zoo.pretrain import TokenStream, heldout_ce
 from circuitry.zoo.registry import save_model
@@ -83,8 +83,7 @@ def sparsify(
     name = name or out.name
     parent = parent or getattr(model, "circuitry_info", {}).get("name") or model.cfg.model_name
     ctx = check_options(cfg.grad_accum, cfg.precision, cfg.seq_len, model.cfg.n_ctx, cfg.batch_size)
-    if getattr(model, "gates", None) is not None:  # before anything is written or measured
-        raise CircuitryError("this model already has gates attached; sparsify a dense model (detach_gates(model) first)")
+    check_dense(model)  # before anything is written or measured
     stream = TokenStream.for_model(model)
     ckpt = prepare_run_dir(out, resume, CHECKPOINT)
     dense_ce = heldout_ce(model, stream, cfg.heldout_sequences, length=ctx)

@@ -54,6 +54,11 @@ class TaskBatch:
         for k, t in fields.items():
             if t.dim() != expected[k].count(",") + 1 or t.shape[0] != b:
                 raise CircuitryError(f"TaskBatch.{k} has shape {tuple(t.shape)}; expected {expected[k]} (batch = clean's rows)")
+        if self.corrupt.shape != self.clean.shape:
+            raise CircuitryError(
+                f"clean and corrupted tokens differ in shape ({tuple(self.clean.shape)} vs {tuple(self.corrupt.shape)}); "
+                "every pair must have the same token length"
+            )
         if len(self.answer_pos) and not (0 <= int(self.answer_pos.min()) and int(self.answer_pos.max()) < self.clean.shape[1]):
             raise CircuitryError(f"TaskBatch.answer_pos must lie in [0, {self.clean.shape[1]}) (the prompt positions)")
 

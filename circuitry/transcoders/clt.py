@@ -21,6 +21,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from circuitry.errors import CircuitryError
+
 
 @dataclass
 class CLTConfig:
@@ -55,6 +57,12 @@ class JumpReLU(torch.autograd.Function):
         grad_t = grad * (-threshold / eps) * window
         grad_t = grad_t.reshape(-1, *threshold.shape).sum(0)
         return grad_z, grad_t, None
+
+
+def check_has_mlps(model) -> None:
+    """A cross-layer transcoder reads before and writes to MLPs: an attention-only model has none."""
+    if model.cfg.attn_only:
+        raise CircuitryError("this model has no MLPs: a cross-layer transcoder replaces MLPs")
 
 
 class CrossLayerTranscoder(nn.Module):

@@ -26,7 +26,7 @@ from circuitry.checkpoint import prepare_run_dir, resume_run, save_checkpoint, t
 from circuitry.distributed import barrier, is_main, mean_over_ranks, shard, wrap
 from circuitry.errors import CircuitryError
 from circuitry.training import autocast, check_fields, check_options, micro_batches, no_sync
-from circuitry.transcoders.clt import CLTConfig, CrossLayerTranscoder
+from circuitry.transcoders.clt import CLTConfig, CrossLayerTranscoder, check_has_mlps
 from circuitry.zoo.pretrain import TokenStream
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -119,8 +119,7 @@ def train_clt(model, out: str | Path, cfg: CLTTrainConfig, resume: bool = False,
     Under ``torchrun`` each rank takes its shard of every global batch and DDP averages the gradients."""
     out = Path(out)
     ctx = check_options(cfg.grad_accum, cfg.precision, cfg.seq_len, model.cfg.n_ctx, cfg.batch_size)
-    if model.cfg.attn_only:  # before the run directory is made
-        raise CircuitryError("this model has no MLPs: a cross-layer transcoder replaces MLPs")
+    check_has_mlps(model)  # before the run directory is made
     ckpt = prepare_run_dir(out, resume, CHECKPOINT)
     if (out / "config.yaml").exists():
         raise CircuitryError(f"{out} already holds a transcoder; choose another --out")

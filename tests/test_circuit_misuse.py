@@ -1,0 +1,62 @@
+"""What a notebook user gets wrong with the circuit API, refused in one line or reported: unscored graphs,
+stochastic gates, batch-mean metrics, scores as masks, mismatched lengths, in-sample faithfulness prompts."""
+
+import json
+
+import pytest
+import torch
+
+from circuitry import get_task
+from circuitry.circuits import Graph, discover, eap_scores, exact_edge_scores, faithfulness, faithfulness_curve, select_circuit
+from circuitry.circuits import patching
+from circuitry.errors import CircuitryError
+from circuitry.zoo.registry import build_model
+
+from random_models import BASE, logit_diff, random_batch
+
+
+def test_library_misuse_is_refused_or_reported():
+    """What a notebook user gets wrong: unscored graphs, exact scores then selection, stochastic gates, a mean
+    metric, scores passed as a mask, clean/corrupt of different lengths, and a faithfulness set that overlaps the
+    scored prompts."""
+    from circuitry.sparsity import attach_gates
+
+    model = build_model(BASE, seed=5)
+    graph, batch = Graph.from_model(model), random_batch(1)
+    with pytest.raises(CircuitryError, match="no scores yet"):
+        select_circuit(graph, n=5)
+    with pytest.raises(CircuitryError, match="no scores yet"):
+        faithfulness_curve(model, batch, graph, metric=logit_diff, grid=[1, 5])
+    assert graph.to_networkx().number_of_edges() == graph.n_edges  # unscored: score NaN, still converts
+    exact = exact_edge_scores(model, batch, graph, metric=logit_diff)  # stored like eap_scores' ...
+    assert torch.equal(graph.scores, exact) and select_circuit(graph, n=5, pruned=False).n_edges == 5  # ... used by default
+    part = exact_edge_scores(model, batch, graph, metric=logit_diff, edges=[0, 1])
+    assert part.isnan().sum() == graph.n_edges - 2 and torch.equal(graph.scores, exact)  # a subset is not stored
+    with pytest.raises(CircuitryError, match="one value per prompt"):
+        eap_scores(model, batch, graph, metric=lambda logits, b: logit_diff(logits, b).mean())
+    with pytest.raises(CircuitryError, match="one value per prompt"):
+        exact_edge_scores(model, batch, graph, metric=lambda logits, b: logit_diff(logits, b).mean())
+    with pytest.raises(CircuitryError, match="boolean"):
+        faithfulness(model, batch, graph, exact, metric=logit_diff)
+    ones = torch.ones(graph.n_edges)  # 0/1 floats are a mask
+    assert faithfulness(model, batch, graph, ones, metric=logit_diff).f == pytest.approx(1, abs=1e-5)
+    with pytest.raises(CircuitryError, match="same token length"):  # refused where the batch is built
+        patching.TaskBatch(batch.clean, batch.corrupt[:, :-1], batch.answer_pos.clamp(max=8), batch.correct, batch.wrong)
+    attach_gates(model, bias_init=0.0, mode="train")
+    with pytest.raises(CircuitryError, match="'train' mode"):
+        eap_scores(model, batch, graph, metric=logit_diff)
+    model.gates.set_mode("eval")
+    assert torch.isfinite(eap_scores(model, batch, graph, metric=logit_diff)).all()
+
+
+def test_discover_counts_faithfulness_prompts_that_were_also_scored(dense, tmp_path):
+    """A task file with 6 records: scoring (seed 0) and faithfulness (seed 1) draw the same 6 prompts; discover
+    says so (count + warning) instead of presenting f as measured on fresh prompts. Built-in IOI: none shared."""
+    rows = [{"clean": p.clean, "corrupt": p.corrupt, "answer": p.answers[0], "wrong": p.wrongs[0]}
+            for p in get_task("ioi", dense).pairs(6, 0)]
+    path = tmp_path / "small.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.warns(UserWarning, match="also scored on"):
+        d = discover(dense, str(path), n_prompts=100, grid_points=4)
+    assert d.eval_prompts_scored == d.n_prompts == 6 and d.to_dict()["eval_prompts_scored"] == 6
+    assert discover(dense, "ioi", n_prompts=20, grid_points=4).eval_prompts_scored == 0  # a task name works too
