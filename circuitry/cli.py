@@ -12,6 +12,7 @@ from typing import Callable, Optional
 import typer
 
 from circuitry.artifacts import check_out_dir, staged_output
+from circuitry.data import DATA_HELP
 from circuitry.errors import CircuitryError
 from circuitry.zoo.language import SHIPPED_IOI_SHARE
 from circuitry.zoo.pretrain import PretrainConfig
@@ -123,6 +124,7 @@ def sparsify_cmd(
     lora_rank: int = typer.Option(0, "--lora-rank", help="0: train all weights; r > 0: rank-r LoRA on attention and MLP weights."),
     lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help="LoRA scale alpha / r (default alpha = r)."),
     name: Optional[str] = typer.Option(None, "--name", help="Model name in meta.json (default: the --out folder's name)."),
+    data: Optional[Path] = typer.Option(None, "--data", help=DATA_HELP),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in --out."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write training-curve and connectivity plots."),
     as_json: bool = typer.Option(False, "--json"),
@@ -141,7 +143,7 @@ def sparsify_cmd(
     cfg = SparsifyConfig(steps=steps, tolerance=tolerance, batch_size=batch_size, lr=lr, qk_lr=qk_lr, bias_lr=bias_lr, seed=seed,
                          seq_len=seq_len, grad_accum=grad_accum, precision=precision, activation_checkpointing=activation_checkpointing,
                          lora_rank=lora_rank, lora_alpha=lora_alpha)  # fmt: skip
-    sparse, meta = sparsify(dense, out, cfg, resume=resume, name=name or out.name, parent=model)
+    sparse, meta = sparsify(dense, out, cfg, resume=resume, name=name or out.name, parent=model, data=data)
     shutdown()  # under torchrun: every rank leaves the process group together; otherwise a no-op
     if meta is None:  # not rank 0 of a torchrun job
         return
@@ -150,7 +152,7 @@ def sparsify_cmd(
         from circuitry.sparsity import connectivity_report
 
         save_figure(training_curves(out / "sparsify_log.jsonl"), out / "plots" / "training_curves")
-        save_figure(head_connectivity(connectivity_report(sparse)), out / "plots" / "head_connectivity")
+        save_figure(head_connectivity(connectivity_report(sparse, data=data)), out / "plots" / "head_connectivity")
     _emit(meta, as_json, [
         f"connectivity {meta['connectivity']:.4f} (floor {meta['floor']:.4f}, "
         f"{meta['connectivity'] / meta['floor']:.2f}x), keys/query {meta['keys_per_query']:.2f}, "
@@ -165,6 +167,7 @@ def connectivity_cmd(
     task: Optional[str] = typer.Option(None, "--task", help="Measure on this task's clean prompts instead of held-out text."),
     n: int = typer.Option(1024, "--n", help="Held-out sequences (or task prompts)."),
     seed: int = typer.Option(1, "--seed"),
+    data: Optional[Path] = typer.Option(None, "--data", help=DATA_HELP),
     out: Optional[Path] = typer.Option(None, "--out", help="Directory for the per-head plot (head_connectivity_<model>.html)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -178,16 +181,17 @@ def connectivity_cmd(
     if task is not None:
         check_task_name(task)
     m = load_model(model)
-    report = connectivity_report(m, get_task(task, m) if task else None, n=n, seed=seed)
-    result = {**report.to_dict(), "model": model, "task": task}
+    report = connectivity_report(m, get_task(task, m) if task else None, n=n, seed=seed, data=data)
+    result = {**report.to_dict(), "model": model, "task": task, "data": None if data is None else str(data)}
     if out is not None:
         from circuitry.plotting import head_connectivity, save_figure
 
         with staged_output(out) as stage:
             save_figure(head_connectivity(report), stage / f"head_connectivity_{Path(model).name}")
     ce = f", held-out CE {report.ce:.4f}" if report.ce is not None else ""
+    where = task or f"held-out {data or 'text'}"
     _emit(result, as_json, [
-        f"{model} on {task or 'held-out text'} (n={n}, mean length {report.seq_len:.1f}): connectivity {report.connectivity:.4f}, "
+        f"{model} on {where} (n={report.n_sequences}, mean length {report.seq_len:.1f}): connectivity {report.connectivity:.4f}, "
         f"floor {report.floor:.4f} ({report.connectivity / report.floor:.2f}x), keys/query {report.keys_per_query:.2f}{ce}",
         "  per layer: " + ", ".join(f"L{i} {c:.4f}" for i, c in enumerate(report.per_layer)),
     ])  # fmt: skip

@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from circuitry.artifacts import staged_output
+from circuitry.data import DATA_HELP
 from circuitry.errors import CircuitryError
 
 clt_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Cross-layer transcoders.")
@@ -51,6 +52,7 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
         seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Sequence length (default: the model's context)."),
         grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per step (gradient accumulation)."),
         precision: str = typer.Option("auto", "--precision", help="auto (bf16 autocast on GPU), fp32 or bf16."),
+        data: Optional[Path] = typer.Option(None, "--data", help=DATA_HELP),
         resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in --out."),
         plots: bool = typer.Option(True, "--plots/--no-plots", help="Write the training-curve and quality plots (DIR/plots/)."),
         as_json: bool = typer.Option(False, "--json"),
@@ -67,7 +69,7 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
         cfg = CLTTrainConfig(d_transcoder=features, cross_layer=not per_layer, steps=steps, batch_size=batch_size,
                              sparsity_coef=sparsity, seed=seed, seq_len=seq_len, grad_accum=grad_accum, precision=precision)  # fmt: skip
         command = "circuitry " + " ".join(shlex.quote(a) for a in sys.argv[1:] if a != "--resume")
-        _, quality = train_and_save(m, out, cfg, resume=resume, command=command)
+        _, quality = train_and_save(m, out, cfg, resume=resume, command=command, data=data)
         shutdown()  # under torchrun: every rank leaves the process group together; otherwise a no-op
         if quality is None:  # not rank 0
             return
@@ -85,6 +87,7 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
         model: str = typer.Option("tiny-dense", "--model"),
         clt: Optional[Path] = typer.Option(None, "--clt", help="Transcoder directory (default: the model's shipped one)."),
         n: int = typer.Option(256, "--n", help="Held-out sequences."),
+        data: Optional[Path] = typer.Option(None, "--data", help=DATA_HELP),
         out: Optional[Path] = typer.Option(None, "--out", help="Directory for quality.json and its per-layer figure."),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
@@ -94,7 +97,7 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
         if n <= 0:
             raise CircuitryError(f"--n must be positive, got {n}")
         m, c = _model_and_clt(model, clt)
-        q = evaluate_clt(m, c, n).to_dict()
+        q = evaluate_clt(m, c, n, data=data).to_dict()
         if out is not None:
             from circuitry.artifacts import atomic_write_json
             from circuitry.plotting import clt_quality_figure, save_figure

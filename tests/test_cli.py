@@ -92,6 +92,12 @@ def test_sparsify_and_connectivity_commands(tmp_path):
     rep = json.loads(res.stdout)
     assert {"model", "connectivity", "keys_per_query", "floor", "ce", "per_layer"} <= rep.keys()
     assert rep["floor"] == 2 / 65 and len(rep["per_layer"]) == 4 and 0 < rep["connectivity"] <= 1
+    own = tmp_path / "own.jsonl"  # a user's own text (here: sentences of the same language, as documents)
+    own.write_text("\n".join(json.dumps({"text": " ".join(SyntheticLanguage().sentences(i, 30))}) for i in range(20)))
+    res = runner.invoke(app, ["connectivity", "--model", str(out), "--n", "16", "--json", "--data", str(own)])
+    assert res.exit_code == 0, res.output
+    mine = json.loads(res.stdout)
+    assert mine["data"] == str(own) and 0 < mine["n_sequences"] <= 16 and mine["ce"] != rep["ce"]  # its held-out 5%
     res = runner.invoke(app, ["sparsify", "--out", str(out), "--steps", "2"])
     assert res.exit_code == 1 and "already holds a model" in res.stderr  # never overwrites a finished model
 
@@ -245,6 +251,11 @@ def _edit_clt_hook(where: str):
     return edit
 
 
+def _text_file(tmp_path, name: str, text: str) -> str:
+    (tmp_path / name).write_text(text)
+    return str(tmp_path / name)
+
+
 IOI = {"clean": "When Mary and John went to the store, John gave a drink to", "answer": " Mary", "wrong": " John"}
 
 
@@ -264,6 +275,8 @@ IOI = {"clean": "When Mary and John went to the store, John gave a drink to", "a
         ("nan_lr", "lr must be a finite number"),
         ("clt_batch_0", "batch_size must be > 0"),
         ("batch_split", "does not split into 1 process(es) x 2 equal micro-batches"),
+        ("data_unknown_words", "of the tokens are unknown to the model's tokenizer"),
+        ("data_bad_jsonl", "line 2: not valid JSON"),
     ],
 )
 def test_bad_files_and_options_fail_in_one_line_before_any_output(tmp_path, case, message):
@@ -284,6 +297,8 @@ def test_bad_files_and_options_fail_in_one_line_before_any_output(tmp_path, case
         "nan_lr": ["sparsify", "--steps", "2", "--out", run, "--lr", "nan"],
         "clt_batch_0": ["clt", "train", "--steps", "2", "--out", run, "--batch-size", "0"],
         "batch_split": ["sparsify", "--steps", "2", "--out", run, "--batch-size", "3", "--grad-accum", "2"],
+        "data_unknown_words": ["sparsify", "--steps", "2", "--out", run, "--data", _text_file(tmp_path, "english.txt", "Photosynthesis converts sunlight.")],
+        "data_bad_jsonl": ["clt", "train", "--steps", "2", "--out", run, "--data", _text_file(tmp_path, "d.jsonl", '{"text": "Mary left."}\n{')],
     }[case]
     res = runner.invoke(app, args)
     lines = res.stderr.strip().splitlines()

@@ -1,6 +1,7 @@
 """Sparse post-training: resume equivalence, NaN handling, saved sparse models load with gates on."""
 
 import json
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -21,10 +22,10 @@ def tiny(tok):
     return build_model({**ARCH, "d_vocab": len(tok)}, tok, seed=0)
 
 
-def test_interrupted_sparsify_resumes_to_identical_weights(small_tokenizer, tmp_path, monkeypatch):
-    cfg = SparsifyConfig(**CFG)
-    sparsify(tiny(small_tokenizer), tmp_path / "full", cfg, progress=False)
-
+@contextmanager
+def interrupted_at_first_checkpoint(monkeypatch):
+    """Inside: sparse post-training writes its first checkpoint, then stops as if interrupted (KeyboardInterrupt,
+    which the block expects)."""
     import circuitry.sparsity.train as tr
 
     real = tr.save_checkpoint
@@ -35,8 +36,16 @@ def test_interrupted_sparsify_resumes_to_identical_weights(small_tokenizer, tmp_
 
     monkeypatch.setattr(tr, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        sparsify(tiny(small_tokenizer), tmp_path / "cut", cfg, progress=False)
+        yield
     monkeypatch.setattr(tr, "save_checkpoint", real)
+
+
+def test_interrupted_sparsify_resumes_to_identical_weights(small_tokenizer, tmp_path, monkeypatch):
+    cfg = SparsifyConfig(**CFG)
+    sparsify(tiny(small_tokenizer), tmp_path / "full", cfg, progress=False)
+
+    with interrupted_at_first_checkpoint(monkeypatch):
+        sparsify(tiny(small_tokenizer), tmp_path / "cut", cfg, progress=False)
     assert (tmp_path / "cut" / CHECKPOINT).exists()
     sparsify(tiny(small_tokenizer), tmp_path / "cut", cfg, resume=True, progress=False)
     a, _ = load_tensors(tmp_path / "full" / "model.safetensors")

@@ -112,14 +112,18 @@ def measure_connectivity(model, tokens: Tensor, valid: Bool[Tensor, "batch pos"]
     )
 
 
-def connectivity_report(model, task=None, n: int = 256, seed: int = 1) -> ConnectivityReport:
-    """Connectivity on held-out synthetic text (with held-out CE), or on ``n`` clean prompts of ``task``."""
-    from circuitry.zoo.pretrain import TokenStream, heldout_ce
+def connectivity_report(model, task=None, n: int = 256, seed: int = 1, data=None) -> ConnectivityReport:
+    """Connectivity on ``n`` held-out sequences (with held-out CE) of ``data`` (see :func:`circuitry.data.token_source`;
+    default: the model's synthetic language), or on ``n`` clean prompts of ``task``."""
+    from circuitry.data import token_source
+    from circuitry.zoo.pretrain import heldout_ce
 
     if n <= 0:
         raise CircuitryError(f"number of sequences must be positive, got {n}")
+    if task is not None and data is not None:
+        raise CircuitryError("measure on a task's prompts or on data, not both")
     if task is None:
-        stream = TokenStream.for_model(model)
+        stream = token_source(model, data)
         report = measure_connectivity(model, stream.heldout(n, model.cfg.n_ctx))
         report.ce = round(heldout_ce(model, stream, n), 5)
         return report

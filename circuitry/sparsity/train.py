@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,13 +23,14 @@ from tqdm.auto import tqdm
 
 from circuitry.artifacts import reading
 from circuitry.checkpoint import prepare_run_dir, resume_run, save_checkpoint, trim_log
+from circuitry.data import TextData, check_same_data, token_source
 from circuitry.distributed import barrier, is_main, mean_over_ranks, rank_and_world, shard, wrap
 from circuitry.errors import CircuitryError
 from circuitry.lora import add_lora, lora_target_of, merge_lora
 from circuitry.sparsity.connectivity import expected_connectivity, measure_connectivity
 from circuitry.sparsity.gates import attach_gates, check_dense
 from circuitry.training import autocast, check_fields, check_options, micro_batches, no_sync, rng_rewinder, set_activation_checkpointing
-from circuitry.zoo.pretrain import TokenStream, heldout_ce
+from circuitry.zoo.pretrain import heldout_ce
 from circuitry.zoo.registry import save_model
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -73,18 +75,19 @@ class SparsifyConfig:
 
 def sparsify(
     model, out: str | Path, cfg: SparsifyConfig, resume: bool = False, name: str | None = None, parent: str | None = None,
-    progress: bool = True,
+    progress: bool = True, data=None,
 ):
     """Post-train ``model`` (dense, with a tokenizer) in place into a gated sparse model written to ``out``
     (``name``: the model's name in its meta.json, by default ``out``'s folder name; ``parent``: the name the dense
     model is loaded by, by default the name a zoo or saved model records, else ``model.cfg.model_name``; the
-    meta.json's ``command`` uses it)."""
+    meta.json's ``command`` uses it; ``data``: a text or token file or a :class:`circuitry.data.TextData` to train
+    and measure on, by default the model's synthetic language)."""
     out = Path(out)
     name = name or out.name
     parent = parent or getattr(model, "circuitry_info", {}).get("name") or model.cfg.model_name
     ctx = check_options(cfg.grad_accum, cfg.precision, cfg.seq_len, model.cfg.n_ctx, cfg.batch_size)
     check_dense(model)  # before anything is written or measured
-    stream = TokenStream.for_model(model)
+    stream = token_source(model, data)
     ckpt = prepare_run_dir(out, resume, CHECKPOINT)
     dense_ce = heldout_ce(model, stream, cfg.heldout_sequences, length=ctx)
     target = cfg.target_ce if cfg.target_ce is not None else dense_ce * (1 + cfg.tolerance)
@@ -112,6 +115,7 @@ def sparsify(
         if main:
             trim_log(out / LOG, start)
         with reading(ckpt):
+            check_same_data(state.get("data"), stream, ckpt)
             lam, ce_ema, elapsed = float(state["lambda"]), state["ce_ema"], float(state["elapsed"])
             ce_ema = None if ce_ema is None else float(ce_ema)
     t0 = time.time() - elapsed
@@ -148,7 +152,7 @@ def sparsify(
                 log.flush()
                 bar.set_postfix(ce=f"{ce_v:.3f}", conn=f"{conn_sum:.3f}", lam=f"{lam:.2g}")
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-                state = {"config": asdict(cfg), "lambda": lam, "ce_ema": ce_ema, "elapsed": time.time() - t0}
+                state = {"config": asdict(cfg), "lambda": lam, "ce_ema": ce_ema, "elapsed": time.time() - t0, "data": stream.info()}
                 if main:
                     save_checkpoint(ckpt, model, opt, step + 1, state)
                 barrier()
@@ -180,7 +184,11 @@ def sparsify(
         "command": f"circuitry sparsify --model {parent} --out {out} --steps {cfg.steps} --tolerance {cfg.tolerance} "
         f"--batch-size {cfg.batch_size} --lr {cfg.lr} --qk-lr {cfg.qk_lr} --bias-lr {cfg.bias_lr} --seed {cfg.seed}" + _scale_flags(cfg),
     }
-    meta.update(stream.language.options())  # the parent's non-default language, carried to the sparse model
+    if isinstance(stream, TextData):
+        meta["data"] = stream.info()
+        meta["command"] += f" --data {shlex.quote(stream.source)}"
+    else:
+        meta.update(stream.language.options())  # the parent's non-default language, carried to the sparse model
     save_model(model, out, meta)
     ckpt.unlink(missing_ok=True)
     barrier()

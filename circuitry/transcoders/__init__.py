@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from circuitry.data import token_source
 from circuitry.errors import CircuitryError
 from circuitry.transcoders.clt import CLTConfig, CrossLayerTranscoder
 from circuitry.transcoders.io import load_clt, save_clt, to_sae_lens
@@ -16,16 +17,18 @@ __all__ = [
 ]  # fmt: skip
 
 
-def train_and_save(model, out: str | Path, cfg: CLTTrainConfig, resume: bool = False, command: str = "", progress: bool = True):
+def train_and_save(model, out: str | Path, cfg: CLTTrainConfig, resume: bool = False, command: str = "", progress: bool = True, data=None):
     """Train, measure quality on 256 held-out sequences, write ``out`` (circuit-tracer layout), drop the checkpoint.
+    ``data``: as for :func:`train_clt` (quality is measured on its held-out part).
     Under ``torchrun`` all ranks train; rank 0 alone evaluates and writes (the others return quality None)."""
     from circuitry.distributed import barrier, is_main
 
-    clt, info = train_clt(model, out, cfg, resume=resume, progress=progress)
+    data = token_source(model, data)  # a file is read once, for training and quality
+    clt, info = train_clt(model, out, cfg, resume=resume, progress=progress, data=data)
     if not is_main():
         barrier()
         return clt, None
-    quality = evaluate_clt(model, clt, seq_len=cfg.seq_len)
+    quality = evaluate_clt(model, clt, seq_len=cfg.seq_len, data=data)
     save_clt(clt, out, model, {**info, "quality": quality.to_dict(), "model": model.cfg.model_name, "command": command})
     (Path(out) / CHECKPOINT).unlink(missing_ok=True)
     barrier()

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from circuitry.transcoders.clt import CrossLayerTranscoder
 from circuitry.transcoders.train import model_activations
-from circuitry.zoo.pretrain import TokenStream
+from circuitry.data import token_source
 
 
 @dataclass
@@ -62,9 +62,12 @@ def _ce(model, tokens: Tensor, hooks, batch_size: int) -> float:
 
 
 @torch.no_grad()
-def evaluate_clt(model, clt: CrossLayerTranscoder, n_sequences: int = 256, batch_size: int = 32, seq_len: int | None = None) -> CLTQuality:
-    """All figures on ``n_sequences`` held-out sequences of ``seq_len`` tokens (default: the model's context)."""
-    tokens = TokenStream.for_model(model).heldout(n_sequences, seq_len or model.cfg.n_ctx)
+def evaluate_clt(
+    model, clt: CrossLayerTranscoder, n_sequences: int = 256, batch_size: int = 32, seq_len: int | None = None, data=None
+) -> CLTQuality:
+    """All figures on ``n_sequences`` held-out sequences of ``seq_len`` tokens (default: the model's context) of
+    ``data`` (see :func:`circuitry.data.token_source`; default: the model's synthetic language)."""
+    tokens = token_source(model, data).heldout(n_sequences, seq_len or model.cfg.n_ctx)
     L = model.cfg.n_layers
     err = torch.zeros(L, dtype=torch.float64)
     sq = torch.zeros(L, dtype=torch.float64)
@@ -72,8 +75,8 @@ def evaluate_clt(model, clt: CrossLayerTranscoder, n_sequences: int = 256, batch
     l0 = torch.zeros(L, dtype=torch.float64)
     n = 0
     ys = []
-    for i in range(0, n_sequences, batch_size):
-        x, y = model_activations(model, tokens[i : i + batch_size], clt.cfg.feature_input_hook)
+    for chunk in tokens.split(batch_size):
+        x, y = model_activations(model, chunk, clt.cfg.feature_input_hook)
         recon, acts = clt(x)
         x, y, recon, acts = x[:, 1:], y[:, 1:], recon[:, 1:], acts[:, 1:]
         err += (recon - y).double().pow(2).sum((0, 1, 3))

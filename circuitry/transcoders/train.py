@@ -1,4 +1,4 @@
-"""Train a cross-layer transcoder on activations streamed from a model over the synthetic language.
+"""Train a cross-layer transcoder on activations streamed from a model over its synthetic language or given data.
 
 Loss per token (normalised units, BOS excluded):
     Σ_l ‖ŷ_l − y_l‖² / d  +  λ(t) Σ_{l,f} tanh(c ‖W_dec,f‖ a_f)  +  λ_p Σ_{l,f} ReLU(θ_f − h_f) ‖W_dec,f‖
@@ -23,11 +23,11 @@ from tqdm.auto import tqdm
 
 from circuitry.artifacts import reading
 from circuitry.checkpoint import prepare_run_dir, resume_run, save_checkpoint, trim_log
+from circuitry.data import check_same_data, token_source
 from circuitry.distributed import barrier, is_main, mean_over_ranks, shard, wrap
 from circuitry.errors import CircuitryError
 from circuitry.training import autocast, check_fields, check_options, micro_batches, no_sync
 from circuitry.transcoders.clt import CLTConfig, CrossLayerTranscoder, check_has_mlps
-from circuitry.zoo.pretrain import TokenStream
 
 CHECKPOINT = "checkpoint.safetensors"
 LOG = "train_log.jsonl"
@@ -113,8 +113,11 @@ def calibrate_scales(clt: CrossLayerTranscoder, x: Tensor, y: Tensor) -> None:
         clt.b_dec.copy_(y.mean(0))
 
 
-def train_clt(model, out: str | Path, cfg: CLTTrainConfig, resume: bool = False, progress: bool = True) -> tuple[CrossLayerTranscoder, dict[str, Any]]:
+def train_clt(
+    model, out: str | Path, cfg: CLTTrainConfig, resume: bool = False, progress: bool = True, data=None
+) -> tuple[CrossLayerTranscoder, dict[str, Any]]:
     """Train a CLT for ``model`` (with gates, if any, in their current mode); returns (clt, run info).
+    ``data``: a text or token file or a :class:`circuitry.data.TextData`, by default the model's synthetic language.
     Saving and the quality report are the caller's (see :func:`circuitry.transcoders.io.save_clt`).
     Under ``torchrun`` each rank takes its shard of every global batch and DDP averages the gradients."""
     out = Path(out)
@@ -123,7 +126,7 @@ def train_clt(model, out: str | Path, cfg: CLTTrainConfig, resume: bool = False,
     ckpt = prepare_run_dir(out, resume, CHECKPOINT)
     if (out / "config.yaml").exists():
         raise CircuitryError(f"{out} already holds a transcoder; choose another --out")
-    stream = TokenStream.for_model(model)
+    stream = token_source(model, data)
     torch.manual_seed(cfg.seed)
     clt = CrossLayerTranscoder(CLTConfig(model.cfg.n_layers, model.cfg.d_model, cfg.d_transcoder, cfg.cross_layer,
                                          feature_input_hook=input_hook(model)))  # fmt: skip
@@ -140,6 +143,7 @@ def train_clt(model, out: str | Path, cfg: CLTTrainConfig, resume: bool = False,
             clt.input_scale.copy_(scales["input_scale"])
             clt.output_scale.copy_(scales["output_scale"])
             elapsed = float(state["elapsed"])
+            check_same_data(state.get("data"), stream, ckpt)
         if is_main():
             trim_log(out / LOG, start)
     t0 = time.time() - elapsed
@@ -174,10 +178,11 @@ def train_clt(model, out: str | Path, cfg: CLTTrainConfig, resume: bool = False,
                 log.flush()
                 bar.set_postfix(mse=f"{stats['mse']:.3f}", l0=f"{stats['l0']:.0f}")
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-                state = {"config": asdict(cfg), "elapsed": time.time() - t0,
+                state = {"config": asdict(cfg), "elapsed": time.time() - t0, "data": stream.info(),
                          "input_scale": clt.input_scale.tolist(), "output_scale": clt.output_scale.tolist()}  # fmt: skip
                 if main:
                     save_checkpoint(ckpt, clt, opt, step + 1, state)
                 barrier()
     opt.zero_grad(set_to_none=True)  # no stale gradients on the returned transcoder
-    return clt, {"train_seconds": round(time.time() - t0, 1), "train_config": asdict(cfg), "checkpoint": str(ckpt)}
+    info = {"train_seconds": round(time.time() - t0, 1), "train_config": asdict(cfg), "checkpoint": str(ckpt), "data": stream.info()}
+    return clt, info

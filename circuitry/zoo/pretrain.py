@@ -97,8 +97,12 @@ class TokenStream:
     def for_model(cls, model) -> "TokenStream":
         """Text of the language ``model`` was trained on, in its tokenizer."""
         if getattr(model, "tokenizer", None) is None:
-            raise CircuitryError("this model has no tokenizer; training reads the synthetic language through it")
+            raise CircuitryError("this model has no tokenizer to read the synthetic language; give token ids as data (a .safetensors file)")
         return cls(model.tokenizer, SyntheticLanguage.of(model))
+
+    def info(self) -> dict[str, Any]:
+        """What the run read: the synthetic language and its non-default options."""
+        return {"source": "synthetic", **self.language.options()}
 
     def batch(self, key: str, size: int, length: int) -> Int[Tensor, "batch pos"]:
         rng = random.Random(key)
@@ -113,12 +117,12 @@ class TokenStream:
 
 
 @torch.no_grad()
-def heldout_ce(model, stream: TokenStream, n: int = 256, batch_size: int = 64, length: int | None = None) -> float:
-    """Mean next-token cross-entropy (nats/token) on ``n`` held-out sequences of ``length`` (default n_ctx) tokens."""
+def heldout_ce(model, stream, n: int = 256, batch_size: int = 64, length: int | None = None) -> float:
+    """Mean next-token cross-entropy (nats/token) on ``n`` held-out sequences of ``length`` (default n_ctx) tokens
+    of ``stream`` (a token source, see :mod:`circuitry.data`; a short user text gives fewer sequences)."""
     tokens = stream.heldout(n, length or model.cfg.n_ctx)
-    losses = [model(tokens[i : i + batch_size], return_type="loss").item() for i in range(0, n, batch_size)]
-    sizes = [len(tokens[i : i + batch_size]) for i in range(0, n, batch_size)]
-    return sum(l * s for l, s in zip(losses, sizes)) / n
+    chunks = tokens.split(batch_size)
+    return sum(model(c, return_type="loss").item() * len(c) for c in chunks) / len(tokens)
 
 
 def dropout_hooks(model, p: float) -> list[tuple[Any, Any]]:
