@@ -77,14 +77,13 @@ def _discover_models(task: str, models: list[str], seeds: list[int], corruption:
 
 
 def _write_discovery(results: dict, out: Path) -> None:
-    from circuitry.artifacts import atomic_write_json
     from circuitry.plotting import circuit_graph, faithfulness_curves, head_importance, save_figure
 
     save_figure(faithfulness_curves(results), out / "faithfulness_curves")
     for name, r in results.items():
         stem = Path(name).name
         circuit = r.circuit(0.9)
-        atomic_write_json(out / f"circuit_{stem}.json", {**r.to_dict(), "circuit_at_0.9": circuit.to_dict() if circuit else None})
+        r.save(out / f"circuit_{stem}.json")
         title = f"{stem}, {r.task} ({r.method}, circuit at f >= 0.9)"
         save_figure(head_importance(r.graph, r.scores, circuit, title), out / f"head_importance_{stem}")
         if circuit is not None:

@@ -19,6 +19,7 @@ from circuitry.attribution import (
 from circuitry.attribution.export import feature_labels, logit_lens
 from circuitry.attribution.prune import edge_influence, influence, normalize
 from circuitry.attribution.replacement import frozen_forward, true_injections
+from circuitry.errors import CircuitryError
 from circuitry.transcoders import CLTConfig, CrossLayerTranscoder
 from circuitry.zoo.registry import build_model
 from tests.random_models import ARCHS, BASE
@@ -179,6 +180,12 @@ def test_graph_save_load_round_trip_and_networkx(tmp_path):
     assert torch.equal(back.attention["mass"], graph.attention["mass"]) and back.tokens == graph.tokens
     g = back.to_networkx()
     assert g.number_of_edges() == int(graph.edge_mask.sum()) and g.number_of_nodes() == int(graph.node_mask.sum())
+    split = attention_split(model, clt, graph, pruned=True)  # a loaded graph is re-split from its prompt
+    again = attention_split(model, clt, back, pruned=True)
+    assert all(torch.allclose(again[k], split[k], atol=1e-6) for k in ("mass", "influence_mass", "edge_total"))
+    other, _, _ = random_setup("gpt2-style", seed=7)
+    with pytest.raises(CircuitryError, match="built with another model or transcoder"):
+        attention_split(other, clt, AttributionGraph.load(tmp_path / "g.safetensors"))
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 20)
     with pytest.raises(Exception, match="bad.safetensors"):
         AttributionGraph.load(tmp_path / "bad.safetensors")
@@ -284,7 +291,6 @@ def test_graph_inputs_are_checked_and_provenance_names_the_model():
     batch of prompts are refused in one line; a transcoder trained on another model warns, and the graph records
     both fingerprints."""
     from circuitry.attribution import attribute
-    from circuitry.errors import CircuitryError
     from circuitry.zoo.registry import model_fingerprint
 
     model, clt, tokens = random_setup("gpt2-style", seed=4)

@@ -372,4 +372,6 @@ def test_discover_progress_bars_only_when_asked(dense, capsys):
     quiet = discover(dense, task, method="exact", n_prompts=4)  # the library default: no output
     assert capsys.readouterr().err == "" and torch.equal(shown.scores, quiet.scores)
     assert shown.to_dict()["faithfulness_curve"] == quiet.to_dict()["faithfulness_curve"]
+    discover(dense, task, method="eap-local", n_prompts=4, grid_points=3, progress=True)
+    assert "eap-local scores" in capsys.readouterr().err
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from circuitry.errors import CircuitryError
-from circuitry.tasks import TASKS, get_task
+from circuitry.tasks import TASKS, CustomTask, get_task
 from circuitry.tasks.base import answer_metric
 
 
@@ -89,6 +89,13 @@ def test_custom_json_and_jsonl(dense, tmp_path):
     js = tmp_path / "t.json"
     js.write_text(json.dumps({"metric": "prob_diff", "records": recs}))
     assert get_task(str(js), dense).metric_kind == "prob_diff"
+    mine = CustomTask.from_records(recs, dense, name="mine", metric="prob_diff")  # the same records from Python
+    again = mine.tokenize(mine.pairs(5, 0))
+    assert mine.name == "mine" and mine.metric_kind == "prob_diff" and torch.equal(again.clean, b.clean) and torch.equal(again.wrong, b.wrong)
+    with pytest.raises(CircuitryError, match="records must be a non-empty list"):
+        CustomTask.from_records([], dense)
+    with pytest.raises(CircuitryError, match="task 'mine': unknown metric 'accuracy'"):
+        CustomTask.from_records(recs, dense, name="mine", metric="accuracy")
 
 
 @pytest.mark.parametrize(
@@ -111,6 +118,8 @@ def test_bad_custom_records_are_named(dense, tmp_path, record, message):
     js.write_text(json.dumps([good, record]))
     with pytest.raises(CircuitryError, match=message.replace("bad.jsonl line 3", "bad.json record 2")):
         get_task(str(js), dense)
+    with pytest.raises(CircuitryError, match=message.replace("bad.jsonl line 3", "record 2")):  # records given in Python
+        CustomTask.from_records([good, record], dense)
 
 
 def test_broken_jsonl_line_is_named(dense, tmp_path):

@@ -110,6 +110,8 @@ def test_load_refuses_corrupt_files_and_other_models(tmp_path):
     save_clt(bogus, tmp_path / "bogus", model)
     with pytest.raises(CircuitryError, match="the model has no hook 'hook_bogus'"):
         load_clt(tmp_path / "bogus", model)
+    with pytest.raises(CircuitryError, match="feature_output_hook 'hook_resid_post' is not supported"):  # was silently ignored
+        CLTConfig(2, 8, 4, feature_output_hook="hook_resid_post")
 
 
 def test_per_layer_transcoders_export_to_sae_lens(tmp_path):

@@ -23,11 +23,11 @@ __all__ = [
 
 def attribute(model, clt, prompt: str, node_threshold: float = 0.8, edge_threshold: float = 0.98,
               max_logits: int = 10, desired_logit_prob: float = 0.95, attention: bool = True,
-              attention_pruned: bool = False) -> AttributionGraph:  # fmt: skip
+              attention_pruned: bool = False, progress: bool = False) -> AttributionGraph:  # fmt: skip
     """Build, prune and score the attribution graph of ``prompt``; split its cross-position edges by head (all
-    edges, or the pruned graph's with ``attention_pruned``)."""
+    edges, or the pruned graph's with ``attention_pruned``). ``progress``: a bar over the backward passes."""
     t0 = time.time()
-    graph = build_graph(model, clt, prompt, max_logits, desired_logit_prob)
+    graph = build_graph(model, clt, prompt, max_logits, desired_logit_prob, progress=progress)
     apply_pruning(graph, node_threshold, edge_threshold)
     graph.info.update(graph_scores(graph))
     graph.info.update(provenance(model, clt))

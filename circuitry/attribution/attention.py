@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from circuitry.attribution.graph import AttributionGraph, target_rows
+from circuitry.attribution.graph import AttributionGraph, frozen_point, target_rows
 from circuitry.attribution.prune import edge_influence
 from circuitry.attribution.replacement import backward_rows, frozen_forward, write_points
 
@@ -69,8 +69,9 @@ def attention_split(model, clt, graph: AttributionGraph, batch_size: int = 256, 
     proportion to their |contributions|, so edges into logits and into features of any scale are in one unit;
     ``mass``: the same with raw |contribution| (units of each target); ``edge_total`` = Σ |edge| over those
     edges, ``max_residual`` = max |edge − Σ contributions| (exactness check), and per edge the number of
-    (head, key) pairs and of heads covering 80% of its |contributions|."""
-    point = graph.point
+    (head, key) pairs and of heads covering 80% of its |contributions|. A loaded graph is re-split from its
+    prompt, with the model and transcoder it was built with."""
+    point = frozen_point(graph, model, clt)
     L, H, T = model.cfg.n_layers, model.cfg.n_heads, point.n_pos
     n_kv = getattr(model.cfg, "n_key_value_heads", None) or H
     use_pruned = pruned and graph.edge_mask is not None

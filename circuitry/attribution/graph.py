@@ -168,6 +168,30 @@ def cap_features(clt: CrossLayerTranscoder, point: FrozenPoint, max_features: in
     point.recon = clt.decode(point.acts)
 
 
+def frozen_point(graph: AttributionGraph, model, clt: CrossLayerTranscoder) -> FrozenPoint:
+    """The frozen forward pass ``graph`` was built on: kept in memory by :func:`build_graph`, rebuilt from the
+    prompt's tokens for a loaded graph, and then checked to give the graph's active features and activations
+    (a graph built with another model or transcoder is refused)."""
+    if getattr(graph, "point", None) is not None:
+        return graph.point
+    check_pair(model, clt)
+    with torch.no_grad():
+        point = freeze(model, clt, torch.tensor(graph.tokens))
+        if graph.info.get("max_feature_nodes") is not None:
+            cap_features(clt, point, graph.info["max_feature_nodes"])
+    active = (point.acts > 0).nonzero()[:, [1, 0, 2]]  # (layer, pos, feature), as build_graph orders them
+    active = active[torch.argsort(active[:, 0] * point.n_pos + active[:, 1], stable=True)]
+    same = active.shape == graph.active_features.shape and torch.equal(active, graph.active_features)
+    if same:
+        acts = point.acts[active[:, 1], active[:, 0], active[:, 2]].to(graph.activations.dtype)
+        same = torch.allclose(acts, graph.activations, rtol=1e-4, atol=1e-6)
+    if not same:
+        raise CircuitryError("this attribution graph was built with another model or transcoder (its active features differ); "
+                             "pass the pair it was built with")  # fmt: skip
+    graph.point = point
+    return point
+
+
 def check_pair(model, clt: CrossLayerTranscoder) -> None:
     """The transcoder must replace this model's MLPs: same layer count and width, and the model has MLPs."""
     check_has_mlps(model)

@@ -6,9 +6,10 @@ circuit selection and faithfulness by real forward passes.
     circuit = select_circuit(graph, scores, "top-n", n=200)
     faithfulness(model, task, graph, circuit).f
     faithfulness_curve(model, task, graph, scores)         # points, CPR, CMD, f >= 0.8 / 0.9
+    discover(model, "ioi").save("ioi.json"); load_circuit("ioi.json", model)  # the f >= 0.9 circuit, saved and read
 """
 
-from circuitry.circuits.discover import METHODS, Discovery, compare, discover, median_ratios
+from circuitry.circuits.discover import METHODS, Discovery, compare, discover, load_circuit, median_ratios
 from circuitry.circuits.evaluate import (
     CurvePoint,
     Faithfulness,
@@ -25,7 +26,7 @@ from circuitry.circuits.scoring import eap_scores
 from circuitry.circuits.selection import Circuit, budget_mask, greedy, prune, select_circuit, threshold, top_n
 
 __all__ = [
-    "discover", "compare", "median_ratios", "as_multi_head", "Discovery", "METHODS", "Graph", "graph_flags", "record_sources", "eap_scores", "exact_edge_scores", "run_with_edges", "patched_logits",
+    "discover", "load_circuit", "compare", "median_ratios", "as_multi_head", "Discovery", "METHODS", "Graph", "graph_flags", "record_sources", "eap_scores", "exact_edge_scores", "run_with_edges", "patched_logits",
     "ablated_sources", "Circuit", "select_circuit", "top_n", "threshold", "greedy", "budget_mask", "prune", "faithfulness",
     "faithfulness_curve", "metric_means", "default_grid", "Faithfulness", "FaithfulnessCurve", "CurvePoint",
 ]  # fmt: skip

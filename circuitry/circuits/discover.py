@@ -10,12 +10,15 @@ import statistics
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from circuitry import __version__
+from circuitry.artifacts import FORMAT_VERSION, atomic_write_json, check_format, read_json, reading
 from circuitry.circuits.evaluate import FaithfulnessCurve, default_grid, faithfulness_curve
 from circuitry.circuits.graph import Graph
 from circuitry.circuits.multihead import as_multi_head
@@ -43,6 +46,7 @@ class Discovery:
     ig_steps: int | None = None  # integration steps of eap-ig / eap-ig-node (None for other methods)
     seed: int = 0  # prompts to score; faithfulness is measured on seed + 1
     eval_prompts_scored: int = 0  # faithfulness prompts that are also among the scored ones (a small task file)
+    model_fingerprint: str | None = None  # the weights' fingerprint (checked by :func:`load_circuit`)
 
     def circuit(self, target: float = 0.9) -> Circuit | None:
         """The circuit at the curve's sustained crossing of f >= target (None if f never stays there)."""
@@ -63,7 +67,51 @@ class Discovery:
             "refined_points": [[p.n_edges, round(p.f, 5)] for p in c.refined],
             "m_full": round(c.m_full, 5), "m_empty": round(c.m_empty, 5), "cpr": round(c.cpr, 5), "cmd": round(c.cmd, 5),
             "eval_prompts_scored": self.eval_prompts_scored, "seconds": round(self.seconds, 2),
+            "model_fingerprint": self.model_fingerprint,
         }  # fmt: skip
+
+    def save(self, path: str | Path, target: float = 0.9) -> None:
+        """Write the summary of :meth:`to_dict` and the circuit at f >= ``target`` (``circuit_at_<target>``, null
+        if f never stays there) to a JSON file, atomically; :func:`load_circuit` reads the circuit back."""
+        circuit = self.circuit(target)
+        record = {"circuitry_version": __version__, "format_version": FORMAT_VERSION, **self.to_dict(),
+                  f"circuit_at_{target}": circuit.to_dict() if circuit else None}  # fmt: skip
+        atomic_write_json(path, record)
+
+
+def load_circuit(path: str | Path, model, target: float = 0.9, allow_other_model: bool = False) -> Circuit:
+    """The circuit a :meth:`Discovery.save` file holds, on ``model``'s graph (with its saved edge scores). Refuses a
+    file from a newer circuitry, a graph of another shape and, unless ``allow_other_model``, a circuit discovered
+    on other weights (e.g. to test a dense model's circuit on its sparse version, pass ``allow_other_model=True``)."""
+    from circuitry.zoo.registry import model_fingerprint
+
+    path, key = Path(path), f"circuit_at_{target}"
+    record = read_json(path)
+    with reading(path):
+        if not isinstance(record, dict) or key not in record:
+            raise CircuitryError(f"{path} is not a circuit file (no {key!r}; written by Discovery.save or `circuitry discover --out`)")
+        check_format(record, path)
+        saved = record.get("model_fingerprint")
+        if saved is not None and not allow_other_model and saved != model_fingerprint(model):
+            raise CircuitryError(f"{path} was discovered on model {record.get('model')!r} with other weights than this model's; "
+                                 "pass allow_other_model=True to apply it anyway")  # fmt: skip
+        spec = record[key]
+        if spec is None:
+            raise CircuitryError(f"{path} holds no circuit: f never stayed >= {target} on {record.get('model')!r}")
+        graph = Graph.from_model(as_multi_head(model))
+        index = {name: i for i, name in enumerate(graph.edge_names)}
+        missing = [e for e in spec["edges"] if e not in index]
+        if missing or spec["n_edges_total"] != graph.n_edges:
+            raise CircuitryError(f"{path}: the circuit is on a graph of {spec['n_edges_total']} edges, this model's has {graph.n_edges}"
+                                 + (f" (no edge {missing[0]!r})" if missing else ""))  # fmt: skip
+        kept = torch.tensor([index[e] for e in spec["edges"]], dtype=torch.long)
+        mask = torch.zeros(graph.n_edges, dtype=torch.bool)
+        mask[kept] = True
+        scores = None
+        if "scores" in spec:
+            scores = torch.zeros(graph.n_edges)
+            scores[kept] = torch.tensor(spec["scores"], dtype=torch.float32)
+    return Circuit.from_mask(graph, mask, scores)
 
 
 def discover(
@@ -81,7 +129,7 @@ def discover(
 ) -> Discovery:
     """Score every edge with ``method``, then measure faithfulness of top-k circuits by patched forwards.
     ``batch_size`` None: as many prompts per batch as :func:`auto_batch_size` allows. ``progress``: bars over
-    exact patching and the curve (None: only on a terminal). ``task``: a Task, or a name / task file for
+    scoring and the curve (None: only on a terminal). ``task``: a Task, or a name / task file for
     :func:`circuitry.get_task` (default corruption). Faithfulness is measured on the prompts of ``seed + 1``;
     prompts drawn for both seeds (a small task file, or a task with few distinct prompts) are counted in
     ``eval_prompts_scored`` and a warning says so."""
@@ -94,13 +142,17 @@ def discover(
     if n_prompts <= 0:
         raise CircuitryError(f"number of prompts must be positive, got {n_prompts}")
     t0 = time.time()
+    from circuitry.zoo.registry import model_fingerprint  # of the model as given (grouped-query, if it is)
+
+    fingerprint = model_fingerprint(model)
     model = as_multi_head(model)  # grouped-query models: the same function with per-head keys/values
     graph = Graph.from_model(model)
     batch_size = auto_batch_size(model, task, graph, n_prompts, seed) if batch_size is None else batch_size
     if method == "exact":
         scores = exact_edge_scores(model, task, graph, ablation, n=n_prompts, seed=seed, batch_size=batch_size, progress=progress)
     else:
-        scores = eap_scores(model, task, graph, method, ig_steps=ig_steps, ablation=ablation, n=n_prompts, seed=seed, batch_size=batch_size)
+        scores = eap_scores(model, task, graph, method, ig_steps=ig_steps, ablation=ablation, n=n_prompts, seed=seed, batch_size=batch_size,
+                            progress=progress)  # fmt: skip
     scores = torch.nan_to_num(scores)
     curve = faithfulness_curve(
         model, task, graph, scores, ablation, default_grid(graph.n_edges, grid_points), n=n_prompts, seed=seed + 1, batch_size=batch_size,
@@ -117,7 +169,7 @@ def discover(
     # prompts actually scored: pairs(n, seed) is as long as the curve's pairs(n, seed + 1) (fewer than n_prompts when
     # a task file has fewer records)
     return Discovery(name, task.name, method, curve.n_prompts, graph, scores, curve, time.time() - t0, ablation, selection, steps, seed,
-                     shared)  # fmt: skip
+                     shared, fingerprint)  # fmt: skip
 
 
 def shared_prompts(task: Task, n_prompts: int, seed: int) -> int:

@@ -35,6 +35,7 @@ from circuitry.circuits.patching import (
     resolve_data,
 )
 from circuitry.errors import CircuitryError
+from circuitry.progress import progress_bar
 from circuitry.tasks.base import Task, TaskBatch
 
 METHODS = ("eap", "eap-local", "eap-ig", "eap-ig-node")
@@ -115,13 +116,14 @@ def eap_scores(
     n: int = 100,
     seed: int = 0,
     batch_size: int = 50,
+    progress: bool | None = False,
 ) -> Float[Tensor, " edge"]:
     """Per-edge attribution scores (mean over prompts), also stored in ``graph.scores``.
 
     ``task_or_batches``: a Task (``n`` prompts from ``seed``, in batches of ``batch_size``), a
     TaskBatch or a list of them (then pass ``metric``). Memory grows with the batch size only:
     one corrupted forward, one clean forward and one backward per batch (``ig_steps`` backwards
-    for EAP-IG).
+    for EAP-IG). ``progress``: a bar over the batches (None: only on a terminal).
     """
     if method not in METHODS:
         raise CircuitryError(f"unknown attribution method {method!r}; choose from {', '.join(METHODS)}")
@@ -136,7 +138,7 @@ def eap_scores(
     ablation = resolve_ablation(model, graph, batches, ablation)  # mean: over all n prompts, not per batch
     total = torch.zeros(graph.valid.shape, dtype=torch.float64)
     n_prompts = 0
-    for batch in batches:
+    for batch in progress_bar(batches, desc=f"{method} scores", unit="batch", progress=progress):
         if method == "eap-local":
             total += local_batch_scores(model, graph, batch, metric_fn, ablation)
         elif method == "eap-ig-node":

@@ -1,4 +1,4 @@
-"""Custom tasks from a JSON / JSONL file of ``{clean, corrupt, answer, wrong}`` records.
+"""Custom tasks from a JSON / JSONL file, or a Python list, of ``{clean, corrupt, answer, wrong}`` records.
 
 ``clean`` and ``corrupt`` are one prompt each; ``answer`` and ``wrong`` are strings (or lists of strings) that must
 each be one token, with the leading space where the tokenizer puts one (``" Mary"`` for GPT-2's BPE, where
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Sequence
 
 from circuitry.errors import CircuitryError
 from circuitry.tasks.base import PromptPair, Task
@@ -58,16 +59,33 @@ def _strings(record: dict, key: str, where: str) -> tuple[str, ...]:
 
 
 class CustomTask(Task):
-    """A task read from a file. ``pairs(n, seed)`` draws n records (all of them if n is larger)."""
+    """A task from a file, or from Python records (``CustomTask.from_records``). ``pairs(n, seed)`` draws n records
+    (all of them if n is larger)."""
 
     corruptions = ("file",)
 
     def __init__(self, path: str | Path, model_or_tokenizer, corruption: str | None = None):
         self.path = Path(path)
-        records, self.labels, metric = read_records(self.path)
+        records, labels, metric = read_records(self.path)
+        self._build(records, labels, self.path.stem, metric, f"task file {self.path}", model_or_tokenizer, corruption)
+
+    @classmethod
+    def from_records(
+        cls, records: Sequence[dict], model_or_tokenizer, name: str = "custom", metric: str = "logit_diff", corruption: str | None = None
+    ) -> "CustomTask":
+        """A task from ``{clean, corrupt, answer, wrong}`` dicts, checked as a file's records are."""
+        task = cls.__new__(cls)
+        task.path = None
+        records = list(records) if isinstance(records, (list, tuple)) else records
+        if not isinstance(records, list) or not records:
+            raise CircuitryError("records must be a non-empty list of {clean, corrupt, answer, wrong} dicts")
+        task._build(records, [f"record {i}" for i in range(1, len(records) + 1)], name, metric, f"task {name!r}", model_or_tokenizer, corruption)
+        return task
+
+    def _build(self, records: list, labels: list[str], name: str, metric: str, where: str, model_or_tokenizer, corruption) -> None:
         if metric not in ("logit_diff", "prob_diff"):
-            raise CircuitryError(f"task file {self.path}: unknown metric {metric!r}")
-        self.name, self.metric_kind = self.path.stem, metric
+            raise CircuitryError(f"{where}: unknown metric {metric!r}")
+        self.name, self.metric_kind, self.labels = name, metric, labels
         self.records = []
         for r, where in zip(records, self.labels):
             if not isinstance(r, dict):

@@ -33,6 +33,8 @@ class TaskScore:
 
 @torch.no_grad()
 def evaluate_task(model, task: Task, n: int = 500, seed: int = 1, batch_size: int = 100) -> TaskScore:
+    """Accuracy (share of prompts where the answer's metric is > 0) and mean metric of ``model`` on ``n`` prompts of
+    ``task`` drawn with ``seed``, on the clean prompts and on their corruptions, with the per-prompt values."""
     clean, corrupt = [], []
     for batch in task.batches(n, seed, batch_size):
         clean.append(task.metric(model(batch.clean), batch))

@@ -33,7 +33,12 @@ class CLTConfig:
     threshold_init: float = 0.5  # JumpReLU threshold, in units of normalised pre-activations
     bandwidth: float = 0.5  # width of the straight-through rectangle for the threshold gradient
     feature_input_hook: str = "hook_resid_mid"
-    feature_output_hook: str = "hook_mlp_out"
+    feature_output_hook: str = "hook_mlp_out"  # the only one supported: the features replace the MLP outputs
+
+    def __post_init__(self) -> None:
+        if self.feature_output_hook != "hook_mlp_out":
+            raise CircuitryError(f"feature_output_hook {self.feature_output_hook!r} is not supported: circuitry's transcoders "
+                                 "replace the MLP outputs (hook_mlp_out)")  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,62 @@
+"""A discovered circuit saved to JSON and read back: same edges and scores, same faithfulness, checks on load."""
+
+import json
+
+import pytest
+import torch
+
+from circuitry import get_task, load_model
+from circuitry.circuits import Graph, discover, faithfulness, load_circuit
+from circuitry.errors import CircuitryError
+from circuitry.zoo.registry import build_model
+from tests.random_models import BASE
+
+
+@pytest.fixture(scope="module")
+def saved(dense, tmp_path_factory):
+    path = tmp_path_factory.mktemp("circuit") / "ioi.json"
+    found = discover(dense, "ioi", method="eap", n_prompts=20, seed=3, grid_points=6)
+    found.save(path)
+    return found, path
+
+
+def test_a_saved_circuit_loads_back_with_its_edges_scores_and_faithfulness(dense, saved):
+    found, path = saved
+    original, loaded = found.circuit(0.9), load_circuit(path, dense)
+    assert original is not None and loaded.edges == original.edges and loaded.nodes == original.nodes
+    assert (loaded.n_edges, loaded.n_heads, loaded.n_mlps) == (original.n_edges, original.n_heads, original.n_mlps)
+    assert torch.allclose(loaded.scores[loaded.edge_mask], original.scores[original.edge_mask], rtol=1e-6)
+    task = get_task("ioi", dense)
+    on_fresh = [faithfulness(dense, task, c.graph, c, n=30, seed=11).f for c in (original, loaded)]
+    assert on_fresh[0] == on_fresh[1] and on_fresh[0] > 0.5  # the same circuit on prompts neither run has seen
+    record = json.loads(path.read_text())
+    assert record["format_version"] == 1 and record["model_fingerprint"] == found.model_fingerprint
+    assert original.n_edges <= record["edges_at_0.9"]  # the budget that reached 0.9, before pruning dangling edges
+
+
+def test_loading_checks_the_model_the_graph_and_the_file(dense, saved, tmp_path):
+    _, path = saved
+    sparse = load_model("tiny-sparse")
+    with pytest.raises(CircuitryError, match="other weights than this model's; pass allow_other_model=True"):
+        load_circuit(path, sparse)
+    on_sparse = load_circuit(path, sparse, allow_other_model=True)  # the dense circuit on the sparse model: same graph
+    assert on_sparse.edges == load_circuit(path, dense).edges
+    other = build_model(BASE, seed=0)
+    with pytest.raises(CircuitryError, match=f"a graph of 1519 edges, this model's has {Graph.from_model(other).n_edges}"):
+        load_circuit(path, other, allow_other_model=True)
+    record = json.loads(path.read_text())
+    cases = {
+        "newer.json": {**record, "format_version": 99},
+        "foreign.json": {"model": "x"},
+        "none.json": {**record, "circuit_at_0.9": None},
+        "broken.json": {**record, "circuit_at_0.9": {"edges": 3}},
+    }
+    messages = {"newer.json": "has artifact format 99", "foreign.json": "is not a circuit file", "none.json": "holds no circuit",
+                "broken.json": "malformed or foreign file"}  # fmt: skip
+    for name, content in cases.items():
+        (tmp_path / name).write_text(json.dumps(content))
+        with pytest.raises(CircuitryError, match=messages[name]):
+            load_circuit(tmp_path / name, dense)
+    (tmp_path / "cut.json").write_text(path.read_text()[:100])
+    with pytest.raises(CircuitryError, match="not valid JSON"):
+        load_circuit(tmp_path / "cut.json", dense)
