@@ -1,4 +1,5 @@
-"""CLI commands for circuit discovery: ``discover`` and ``compare``. Registered on the main app by :func:`register`.
+"""CLI commands for circuit discovery: ``discover``, ``compare`` and ``circuit-eval``. Registered on the main app by
+:func:`register`.
 
 With ``--repeats R`` both run on the prompt seeds ``seed .. seed + R - 1`` (each scores on one prompt set and
 evaluates on a fresh one) and report every seed's counts plus the median dense/sparse ratios: the crossing of a
@@ -181,3 +182,58 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
         runs = _discover_models(task, [dense, sparse], list(range(seed, seed + repeats)), corruption, out, method=method,
                                 n_prompts=n_prompts, ablation=ablation, selection=selection, ig_steps=ig_steps)  # fmt: skip
         _discovery_report(task, method, runs, (dense, sparse), as_json, emit)
+
+    @app.command("circuit-eval")
+    @one_line_errors
+    def circuit_eval_cmd(
+        circuit: Path = typer.Argument(..., help="A circuit JSON written by discover / compare --out (circuit_<model>.json)."),
+        model: Optional[str] = typer.Option(None, "--model", help="Model to test it on (default: the one it was found on)."),
+        task: Optional[str] = typer.Option(None, "--task", help="Task (default: the one it was found for)."),
+        corruption: Optional[str] = typer.Option(None, "--corruption", help="Corruption (default: the one it was found with)."),
+        ablation: Optional[str] = typer.Option(None, "--ablation", help="corrupt, mean or zero (default: the one it was found with)."),
+        n_prompts: int = typer.Option(100, "--n-prompts"),
+        seed: Optional[int] = typer.Option(None, "--seed", help="Prompt seed (default: the discovery's seed + 2, prompts it has not seen)."),
+        allow_other_model: bool = typer.Option(False, "--allow-other-model", help="Apply a circuit found on other weights."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Directory for circuit_eval.json and the circuit's figure."),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Faithfulness of a saved circuit on fresh prompts, on its own model or another one (e.g. its sparse version)."""
+        from circuitry.artifacts import read_json, reading
+        from circuitry.circuits import as_multi_head, faithfulness, load_circuit
+        from circuitry.circuits.patching import check_ablation
+        from circuitry.tasks import check_task_name, get_task
+        from circuitry.zoo.registry import load_model
+
+        if n_prompts <= 0:
+            raise CircuitryError(f"--n-prompts must be positive, got {n_prompts}")
+        record = read_json(circuit)
+        with reading(circuit):
+            if not isinstance(record, dict) or "circuit_at_0.9" not in record:
+                raise CircuitryError(f"{circuit} is not a circuit file (written by discover / compare --out)")
+            model = model or record["model"]
+            task = task or record["task"]
+            corruption = corruption or (record.get("corruption") if task == record["task"] else None)
+            ablation = ablation or record.get("ablation", "corrupt")
+            seed = record.get("seed", 0) + 2 if seed is None else seed
+        check_ablation(ablation)
+        check_task_name(task)
+        m = as_multi_head(load_model(model))
+        c = load_circuit(circuit, m, allow_other_model=allow_other_model)
+        t = get_task(task, m, corruption)
+        result = faithfulness(m, t, c.graph, c, ablation, n=n_prompts, seed=seed)
+        obj = {"circuit": str(circuit), "found_on": record.get("model"), "model": model, "task": t.name, "corruption": t.corruption,
+               "ablation": ablation, "n_prompts": n_prompts, "seed": seed, "f": round(result.f, 5), "m_circuit": round(result.m_circuit, 5),
+               "m_full": round(result.m_full, 5), "m_empty": round(result.m_empty, 5), "edges": c.n_edges, "heads": c.n_heads, "mlps": c.n_mlps}  # fmt: skip
+        if out is not None:
+            from circuitry.artifacts import atomic_write_json
+            from circuitry.plotting import circuit_graph, save_figure
+
+            with staged_output(out) as stage:
+                atomic_write_json(stage / "circuit_eval.json", obj)
+                save_figure(circuit_graph(c, title=f"{Path(circuit).name} on {model}, f = {result.f:.3f}"), stage / "circuit")
+        emit(obj, as_json, [
+            f"circuit {circuit} (found on {record.get('model')}) on {model}, {t.name} ({t.corruption}, ablation {ablation}), "
+            f"{n_prompts} prompts, seed {seed}",
+            f"  {c.n_edges} edges, {c.n_heads} heads, {c.n_mlps} MLPs: f = {result.f:.4f} "
+            f"(m circuit {result.m_circuit:.3f}, full {result.m_full:.3f}, empty {result.m_empty:.3f})",
+        ])  # fmt: skip

@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from circuitry import get_task, load_model
+from circuitry.circuits import faithfulness, load_circuit
 from circuitry.cli import app
 from circuitry.zoo.language import SyntheticLanguage
 from circuitry.zoo.registry import ZOO_DIR
@@ -152,6 +153,21 @@ def test_discover_single_model_json_and_files(tmp_path):
     assert m["edges_at_0.9"] == next(e for i, (e, _) in enumerate(done) if all(f >= 0.9 for _, f in done[i:]))
     assert (tmp_path / "circuit_tiny-dense.json").exists() and (tmp_path / "faithfulness_curves.html").exists()
     assert (out["ablation"], out["selection"], m["ig_steps"], out["seed"], m["seed"]) == ("corrupt", "abs", None, 0, 0)
+    saved = tmp_path / "circuit_tiny-dense.json"  # the saved circuit, measured again on fresh prompts
+    res = runner.invoke(app, ["circuit-eval", str(saved), "--n-prompts", "16", "--json", "--out", str(tmp_path / "eval")])
+    assert res.exit_code == 0, res.output
+    ev = json.loads(res.stdout)
+    dense = load_model("tiny-dense")
+    circuit = load_circuit(saved, dense)
+    f = faithfulness(dense, get_task("ioi", dense), circuit.graph, circuit, n=16, seed=2).f
+    assert (ev["model"], ev["task"], ev["corruption"], ev["seed"], ev["edges"]) == ("tiny-dense", "ioi", "abc", 2, circuit.n_edges)
+    assert ev["f"] == round(f, 5) and (tmp_path / "eval" / "circuit.html").exists()
+    res = runner.invoke(app, ["circuit-eval", str(saved), "--model", "tiny-sparse", "--n-prompts", "4"])
+    assert res.exit_code == 1 and "--allow-other-model" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    res = runner.invoke(app, ["circuit-eval", str(saved), "--model", "tiny-sparse", "--n-prompts", "4", "--allow-other-model", "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["found_on"] == "tiny-dense"
+    res = runner.invoke(app, ["circuit-eval", str(tmp_path / "faithfulness_curves.html")])
+    assert res.exit_code == 1 and res.stderr.startswith("error: ") and "not valid JSON" in res.stderr
 
 
 def test_compare_repeats_report_every_seed_and_the_median(tmp_path):

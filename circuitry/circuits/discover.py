@@ -47,6 +47,7 @@ class Discovery:
     seed: int = 0  # prompts to score; faithfulness is measured on seed + 1
     eval_prompts_scored: int = 0  # faithfulness prompts that are also among the scored ones (a small task file)
     model_fingerprint: str | None = None  # the weights' fingerprint (checked by :func:`load_circuit`)
+    corruption: str | None = None  # the task's corruption (what the corrupted prompts change)
 
     def circuit(self, target: float = 0.9) -> Circuit | None:
         """The circuit at the curve's sustained crossing of f >= target (None if f never stays there)."""
@@ -59,7 +60,7 @@ class Discovery:
     def to_dict(self) -> dict[str, Any]:
         c = self.curve
         return {
-            "model": self.model, "task": self.task, "method": self.method, "n_prompts": self.n_prompts,
+            "model": self.model, "task": self.task, "corruption": self.corruption, "method": self.method, "n_prompts": self.n_prompts,
             "seed": self.seed, "ablation": self.ablation, "selection": self.selection, "ig_steps": self.ig_steps,
             "edges_total": self.graph.n_edges, "heads_total": self.graph.n_layers * self.graph.n_heads,
             "edges_at_0.9": c.edges_90, "heads_at_0.9": c.heads_90, "edges_at_0.8": c.edges_80, "heads_at_0.8": c.heads_80,
@@ -94,7 +95,7 @@ def load_circuit(path: str | Path, model, target: float = 0.9, allow_other_model
         saved = record.get("model_fingerprint")
         if saved is not None and not allow_other_model and saved != model_fingerprint(model):
             raise CircuitryError(f"{path} was discovered on model {record.get('model')!r} with other weights than this model's; "
-                                 "pass allow_other_model=True to apply it anyway")  # fmt: skip
+                                 "pass allow_other_model=True (--allow-other-model) to apply it anyway")  # fmt: skip
         spec = record[key]
         if spec is None:
             raise CircuitryError(f"{path} holds no circuit: f never stayed >= {target} on {record.get('model')!r}")
@@ -169,7 +170,7 @@ def discover(
     # prompts actually scored: pairs(n, seed) is as long as the curve's pairs(n, seed + 1) (fewer than n_prompts when
     # a task file has fewer records)
     return Discovery(name, task.name, method, curve.n_prompts, graph, scores, curve, time.time() - t0, ablation, selection, steps, seed,
-                     shared, fingerprint)  # fmt: skip
+                     shared, fingerprint, task.corruption)  # fmt: skip
 
 
 def shared_prompts(task: Task, n_prompts: int, seed: int) -> int:
