@@ -144,3 +144,18 @@ def test_log_curves_plot_every_logged_quantity(tmp_path):
     fig = log_curves(log, "Pretraining test")
     assert [t.name for t in fig.data] == ["loss", "lr"] and list(fig.data[0].x) == [r["step"] for r in rows]
     assert list(fig.data[0].y) == [r["loss"] for r in rows] and fig.layout.title.text == "Pretraining test"
+
+
+def test_figures_take_the_library_objects_as_well_as_their_dicts():
+    from circuitry import get_task
+    from circuitry.circuits import discover
+    from circuitry.plotting import clt_quality_figure, faithfulness_curves
+    from circuitry.transcoders.quality import CLTQuality
+
+    q = CLTQuality([0.9, 0.8], [0.1, 0.2], [3.0, 1.5], 0.1, 1.6, 1.7, 3.0, 0.93, 500)
+    assert clt_quality_figure(q).to_dict() == clt_quality_figure(q.to_dict()).to_dict()
+    model = load_model("tiny-dense")
+    found = discover(model, get_task("ioi", model), "eap", n_prompts=4, grid_points=3)
+    one, named = faithfulness_curves(found), faithfulness_curves({"tiny-dense": found})
+    assert one.to_dict() == named.to_dict() and one.data[0].name == "tiny-dense"
+    assert list(one.data[0].y) == [p.f for p in sorted(found.curve.points + found.curve.refined, key=lambda p: p.budget) if p.n_edges > 0]

@@ -8,9 +8,12 @@ import torch
 DASH = {"q": "dot", "k": "dash", "v": "solid", "": "solid"}
 
 
-def faithfulness_curves(results: dict) -> go.Figure:
+def faithfulness_curves(results) -> go.Figure:
     """f against edges kept (log x), one line per model (grid and bisection points); dotted lines at f = 0.8 and 0.9.
+    ``results``: ``{name: Discovery}`` (as ``compare`` takes), or one :class:`Discovery`.
     Budgets whose circuit prunes to 0 edges (f = 0 by definition) have no place on a log axis and are left out."""
+    if hasattr(results, "curve"):  # one Discovery
+        results = {results.model: results}
     fig = go.Figure()
     for name, r in results.items():
         pts = sorted((p for p in r.curve.points + r.curve.refined if p.n_edges > 0), key=lambda p: p.budget)

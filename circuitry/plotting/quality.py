@@ -27,9 +27,12 @@ def task_metric_figure(score) -> go.Figure:
     return fig
 
 
-def clt_quality_figure(quality: dict, name: str = "") -> go.Figure:
+def clt_quality_figure(quality, name: str = "") -> go.Figure:
     """Per layer: explained variance of the MLP outputs and active features per token (L0); the title gives the
-    replacement model's share of the CE gap recovered and the dead-feature share."""
+    replacement model's share of the CE gap recovered and the dead-feature share. ``quality``: what
+    :func:`circuitry.transcoders.evaluate_clt` returns, or its ``to_dict()``."""
+    if not isinstance(quality, dict):
+        quality = quality.to_dict()
     layers = [f"L{l}" for l in range(len(quality["explained_variance"]))]
     fig = make_subplots(rows=1, cols=2, subplot_titles=["explained variance of each MLP output", "L0 (active features per token)"])
     fig.add_trace(go.Bar(x=layers, y=quality["explained_variance"], showlegend=False, hovertemplate="%{x}: %{y:.4f}<extra></extra>"), 1, 1)
