@@ -152,7 +152,7 @@ def sparsify_cmd(
         from circuitry.sparsity import connectivity_report
 
         save_figure(training_curves(out / "sparsify_log.jsonl"), out / "plots" / "training_curves")
-        save_figure(head_connectivity(connectivity_report(sparse, data=data)), out / "plots" / "head_connectivity")
+        save_figure(head_connectivity(connectivity_report(sparse, data=data, seq_len=seq_len)), out / "plots" / "head_connectivity")
     _emit(meta, as_json, [
         f"connectivity {meta['connectivity']:.4f} (floor {meta['floor']:.4f}, "
         f"{meta['connectivity'] / meta['floor']:.2f}x), keys/query {meta['keys_per_query']:.2f}, "

@@ -208,11 +208,12 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
             raise CircuitryError(f"--n-prompts must be positive, got {n_prompts}")
         record = read_json(circuit)
         with reading(circuit):
-            if not isinstance(record, dict) or "circuit_at_0.9" not in record:
+            if not isinstance(record, dict) or not any(str(k).startswith("circuit_at_") for k in record):
                 raise CircuitryError(f"{circuit} is not a circuit file (written by discover / compare --out)")
             model = model or record["model"]
-            task = task or record["task"]
-            corruption = corruption or (record.get("corruption") if task == record["task"] else None)
+            own_task = record.get("task_file") or record["task"]  # a custom task by its file
+            task = task or own_task
+            corruption = corruption or (record.get("corruption") if task == own_task else None)
             ablation = ablation or record.get("ablation", "corrupt")
             seed = record.get("seed", 0) + 2 if seed is None else seed
         check_ablation(ablation)

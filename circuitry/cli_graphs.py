@@ -92,12 +92,14 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Explained variance, NMSE, L0, dead features and replacement-model CE on held-out text."""
+        from circuitry.data import token_source
         from circuitry.transcoders import evaluate_clt
 
         if n <= 0:
             raise CircuitryError(f"--n must be positive, got {n}")
         m, c = _model_and_clt(model, clt)
-        q = evaluate_clt(m, c, n, data=data).to_dict()
+        source = token_source(m, data)
+        q = {**evaluate_clt(m, c, n, data=source).to_dict(), "data": source.info()}
         if out is not None:
             from circuitry.artifacts import atomic_write_json
             from circuitry.plotting import clt_quality_figure, save_figure

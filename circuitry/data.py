@@ -35,8 +35,10 @@ DATA_HELP = ("Your own text instead of the model's synthetic language: .txt (one
 class TextData:
     """Windows of a 1-D token stream: training windows from its first part, held-out ones from its last.
 
-    Every window starts with ``bos`` (when given) followed by ``length - 1`` consecutive tokens of the stream,
-    as the synthetic language's sequences do. Documents are joined with ``bos`` between them.
+    Documents are joined with ``bos`` before each. A window is ``bos`` (when known) and then ``length - 1`` tokens
+    from a *chunk start*: a document's first token, or every ``length - 1`` tokens further into a long document
+    (packing, as language models are trained); a window may run on into the next document. Training draws chunk
+    starts from ``key``; held-out windows are consecutive, non-overlapping chunks of the last part.
     """
 
     def __init__(self, tokens: Int[Tensor, " n"], bos: int | None, source: str = "tokens", heldout_fraction: float = 0.05):
@@ -46,18 +48,22 @@ class TextData:
         if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
             raise CircuitryError(f"{source}: token ids must be integers, got {tokens.dtype}")
         tokens = tokens.flatten().long()
-        if tokens.numel() < 2:
-            raise CircuitryError(f"{source}: no text (need at least 2 tokens, got {tokens.numel()})")
-        if int(tokens.min()) < 0:
+        if tokens.numel() and int(tokens.min()) < 0:
             raise CircuitryError(f"{source}: negative token id {int(tokens.min())}")
         self.bos, self.source = bos, source
-        n_heldout = max(1, round(tokens.numel() * heldout_fraction))
+        n_heldout = round(tokens.numel() * heldout_fraction)
+        if n_heldout < 1 or n_heldout >= tokens.numel():
+            raise CircuitryError(f"{source}: {tokens.numel()} tokens do not split into training and held-out parts "
+                                 f"(held-out fraction {heldout_fraction})")  # fmt: skip
         self.train, self.held = tokens[:-n_heldout], tokens[-n_heldout:]
         self.fingerprint = hashlib.sha256(tokens.numpy().tobytes()).hexdigest()[:16]
+        self._starts: dict[tuple[str, int], list[int]] = {}
 
     @classmethod
     def from_texts(cls, texts: Sequence[str], tokenizer, source: str = "texts", heldout_fraction: float = 0.05) -> "TextData":
-        """Tokenize ``texts`` (documents) with a HuggingFace tokenizer and join them, BOS before each."""
+        """Tokenize ``texts`` (a list of documents) with a HuggingFace tokenizer and join them, BOS before each."""
+        if isinstance(texts, str):
+            raise CircuitryError("texts must be a list of documents, not one string (wrap it in a list)")
         texts = [t for t in texts if t.strip()]
         if not texts:
             raise CircuitryError(f"{source}: no text")
@@ -75,20 +81,21 @@ class TextData:
 
     @classmethod
     def load(cls, path: str | Path, model, heldout_fraction: float = 0.05) -> "TextData":
-        """Read ``path`` for ``model``: ``.txt`` (one document), ``.jsonl`` (one
-        ``{"text": ...}`` document per line) or ``.safetensors`` (a ``tokens`` tensor of ids, rows joined)."""
+        """Read ``path`` for ``model``: ``.txt`` (one document), ``.jsonl`` (one ``{"text": ...}`` document per line)
+        or ``.safetensors`` (a ``tokens`` tensor of ids; the rows of a 2-D one are joined as they are, so put the
+        BOS / EOS ids in it where documents start or end). The recorded source is the absolute path."""
         path = Path(path)
         if path.suffix not in DATA_SUFFIXES:
             raise CircuitryError(f"data file {path}: expected one of {', '.join(DATA_SUFFIXES)}")
         if not path.is_file():
-            raise CircuitryError(f"data file {path} does not exist")
-        tokenizer = getattr(model, "tokenizer", None)
+            raise CircuitryError(f"data file {path} {'is a directory' if path.is_dir() else 'does not exist'}")
+        tokenizer, source = getattr(model, "tokenizer", None), str(path.resolve())
         if path.suffix == ".safetensors":
-            data = cls(_read_tokens(path), None if tokenizer is None else tokenizer.bos_token_id, str(path), heldout_fraction)
+            data = cls(_read_tokens(path), None if tokenizer is None else tokenizer.bos_token_id, source, heldout_fraction)
         else:
             if tokenizer is None:
                 raise CircuitryError(f"this model has no tokenizer to read {path}; give token ids in a .safetensors file")
-            data = cls.from_texts(_read_texts(path), tokenizer, str(path), heldout_fraction)
+            data = cls.from_texts(_read_texts(path), tokenizer, source, heldout_fraction)
         data.check(model)
         return data
 
@@ -98,30 +105,50 @@ class TextData:
         if top >= model.cfg.d_vocab:
             raise CircuitryError(f"{self.source}: token id {top} is out of the model's vocabulary ({model.cfg.d_vocab})")
 
-    def _windows(self, part: Tensor, starts: list[int], length: int) -> Int[Tensor, "batch pos"]:
+    def _body(self, length: int) -> int:
         body = length - (self.bos is not None)
-        rows = torch.stack([part[s : s + body] for s in starts])
+        if body < 1:
+            raise CircuitryError(f"sequence length {length} is too short: it must hold at least one token after BOS")
+        return body
+
+    def chunk_starts(self, part: str, length: int) -> list[int]:
+        """Chunk starts in ``part`` ("train" or "held") whose window of ``length`` fits in it (see the class)."""
+        key = (part, length)
+        if key not in self._starts:
+            tokens, body = getattr(self, part), self._body(length)
+            docs = [] if self.bos is None else ((tokens == self.bos).nonzero().flatten() + 1).tolist()
+            if not docs or docs[0] != 1:  # the part begins inside a document (or no BOS is known)
+                docs = [0, *docs]
+            ends = [d - 1 for d in docs[1:]] + [len(tokens)]  # each document ends where the next one's BOS is
+            self._starts[key] = [c for d, e in zip(docs, ends) for c in range(d, e, body) if c + body <= len(tokens)]
+        return self._starts[key]
+
+    def _windows(self, tokens: Tensor, starts: list[int], length: int) -> Int[Tensor, "batch pos"]:
+        body = self._body(length)
+        rows = torch.stack([tokens[s : s + body] for s in starts])
         return rows if self.bos is None else torch.cat([torch.full((len(starts), 1), self.bos), rows], 1)
 
     def batch(self, key: str, size: int, length: int) -> Int[Tensor, "batch pos"]:
-        """``size`` training windows at offsets drawn from ``key`` (a string: the same key, the same batch)."""
-        room = len(self.train) - (length - (self.bos is not None))
-        if room < 0:
+        """``size`` training windows at chunk starts drawn from ``key`` (a string: the same key, the same batch)."""
+        starts = self.chunk_starts("train", length)
+        if not starts:
             raise CircuitryError(f"{self.source}: {len(self.train)} training tokens, fewer than one sequence of {length}")
         rng = random.Random(key)
-        return self._windows(self.train, [rng.randint(0, room) for _ in range(size)], length)
+        return self._windows(self.train, [rng.choice(starts) for _ in range(size)], length)
 
     def train_batch(self, seed: int, step: int, size: int, length: int) -> Int[Tensor, "batch pos"]:
         return self.batch(f"train|{seed}|{step}", size, length)
 
     def heldout(self, size: int, length: int) -> Int[Tensor, "batch pos"]:
-        """Up to ``size`` non-overlapping windows of the held-out part (fewer when it is short)."""
-        body = length - (self.bos is not None)
-        count = min(size, len(self.held) // body)
-        if count == 0:
+        """Up to ``size`` non-overlapping windows of the held-out part, in order (fewer when it is short)."""
+        body, taken = self._body(length), []
+        for c in self.chunk_starts("held", length):
+            if len(taken) < size and (not taken or c >= taken[-1] + body):
+                taken.append(c)
+        if not taken:
             raise CircuitryError(f"{self.source}: the held-out part has {len(self.held)} tokens, fewer than one sequence of "
                                  f"{length}; give more text or a shorter sequence length")  # fmt: skip
-        return self._windows(self.held, [i * body for i in range(count)], length)
+        return self._windows(self.held, taken, length)
 
     def info(self) -> dict[str, Any]:
         return {"source": self.source, "tokens": len(self.train) + len(self.held), "heldout_tokens": len(self.held),
@@ -143,9 +170,20 @@ def token_source(model, data: "str | Path | TextData | None" = None):
     return data
 
 
+def check_length(source, length: int) -> None:
+    """Refuse, before any work, a token source too short for one training and one held-out sequence of ``length``."""
+    source.batch("check", 1, length)
+    source.heldout(1, length)
+
+
 def check_same_data(saved: dict[str, Any] | None, source, where: str) -> None:
-    """Refuse to resume a run (whose checkpoint recorded ``saved``) on other training data."""
-    if saved is not None and saved != source.info():
+    """Refuse to resume a run (whose checkpoint recorded ``saved``) on other training data: other tokens (by
+    fingerprint, wherever the file now lives) or another synthetic language."""
+
+    def identity(info: dict[str, Any]) -> dict[str, Any]:
+        return {"fingerprint": info["fingerprint"]} if "fingerprint" in info else info
+
+    if saved is not None and identity(saved) != identity(source.info()):
         raise CircuitryError(f"{where} was made on other training data ({saved.get('source')}); rerun with the same --data")
 
 

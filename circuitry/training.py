@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from contextlib import nullcontext
-from typing import Any, ContextManager, Iterable
+from contextlib import contextmanager, nullcontext
+from typing import Any, ContextManager, Iterable, Iterator
 
 import torch
 from torch import Tensor
@@ -50,6 +50,19 @@ def check_options(
     if precision not in PRECISIONS:
         raise CircuitryError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     return length
+
+
+@contextmanager
+def deterministic() -> Iterator[None]:
+    """Deterministic kernels inside a training loop, the caller's setting restored after. Without them the CPU
+    backward of the embedding lookup adds rows in thread order: two identical ``sparsify`` runs on 2 threads ended
+    1.7e-5 apart. ``warn_only``: an op with no deterministic kernel (on some GPUs) warns instead of failing."""
+    before, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn_only)
 
 
 def autocast(precision: str, device: torch.device | str) -> ContextManager:

@@ -16,6 +16,7 @@ from circuitry.attribution import (
     target_values,
     to_circuit_tracer_json,
 )
+from circuitry.attribution import provenance
 from circuitry.attribution.export import feature_labels, logit_lens
 from circuitry.attribution.prune import edge_influence, influence, normalize
 from circuitry.attribution.replacement import frozen_forward, true_injections
@@ -186,6 +187,12 @@ def test_graph_save_load_round_trip_and_networkx(tmp_path):
     other, _, _ = random_setup("gpt2-style", seed=7)
     with pytest.raises(CircuitryError, match="built with another model or transcoder"):
         attention_split(other, clt, AttributionGraph.load(tmp_path / "g.safetensors"))
+    graph.info.update(provenance(model, clt))  # what attribute() records: then a changed unembedding is caught too
+    graph.save(tmp_path / "g2.safetensors")
+    with torch.no_grad():
+        model.W_U.mul_(1.5)  # same features and activations (they are read before the unembedding), other logits
+    with pytest.raises(CircuitryError, match="built with another model"):
+        attention_split(model, clt, AttributionGraph.load(tmp_path / "g2.safetensors"))
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 20)
     with pytest.raises(Exception, match="bad.safetensors"):
         AttributionGraph.load(tmp_path / "bad.safetensors")

@@ -1,6 +1,7 @@
 """A discovered circuit saved to JSON and read back: same edges and scores, same faithfulness, checks on load."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -45,18 +46,24 @@ def test_loading_checks_the_model_the_graph_and_the_file(dense, saved, tmp_path)
     with pytest.raises(CircuitryError, match=f"a graph of 1519 edges, this model's has {Graph.from_model(other).n_edges}"):
         load_circuit(path, other, allow_other_model=True)
     record = json.loads(path.read_text())
-    cases = {
-        "newer.json": {**record, "format_version": 99},
-        "foreign.json": {"model": "x"},
-        "none.json": {**record, "circuit_at_0.9": None},
-        "broken.json": {**record, "circuit_at_0.9": {"edges": 3}},
+    spec = record["circuit_at_0.9"]
+    twice = {**spec, "edges": [spec["edges"][0], *spec["edges"][:-1]]}
+    cases = {  # file: (record, message)
+        "newer.json": ({**record, "format_version": 99}, "has artifact format 99"),
+        "foreign.json": ({"model": "x"}, "is not a circuit file"),
+        "target.json": ({k: v for k, v in record.items() if k != "circuit_at_0.9"} | {"circuit_at_0.8": spec}, "it has circuit_at_0.8"),
+        "none.json": ({**record, "circuit_at_0.9": None}, "holds no circuit"),
+        "broken.json": ({**record, "circuit_at_0.9": {"edges": 3}}, "malformed or foreign file"),
+        "unsigned.json": ({k: v for k, v in record.items() if k != "model_fingerprint"}, "on a model it does not record"),
+        "twice.json": ({**record, "circuit_at_0.9": twice}, f"{spec['n_edges']} edge names ({spec['n_edges'] - 1} distinct)"),
+        "unknown.json": ({**record, "circuit_at_0.9": {**spec, "edges": ["zzz", *spec["edges"][1:]]}}, "no edge 'zzz' in this model's graph"),
+        "nan.json": ({**record, "circuit_at_0.9": {**spec, "scores": [float("nan")] * spec["n_edges"]}}, "non-finite score"),
     }
-    messages = {"newer.json": "has artifact format 99", "foreign.json": "is not a circuit file", "none.json": "holds no circuit",
-                "broken.json": "malformed or foreign file"}  # fmt: skip
-    for name, content in cases.items():
+    for name, (content, message) in cases.items():
         (tmp_path / name).write_text(json.dumps(content))
-        with pytest.raises(CircuitryError, match=messages[name]):
+        with pytest.raises(CircuitryError, match=re.escape(message)):
             load_circuit(tmp_path / name, dense)
+    assert load_circuit(tmp_path / "target.json", dense, target=0.8).edges == load_circuit(path, dense).edges
     (tmp_path / "cut.json").write_text(path.read_text()[:100])
     with pytest.raises(CircuitryError, match="not valid JSON"):
         load_circuit(tmp_path / "cut.json", dense)

@@ -170,6 +170,19 @@ def test_discover_single_model_json_and_files(tmp_path):
     assert res.exit_code == 1 and res.stderr.startswith("error: ") and "not valid JSON" in res.stderr
 
 
+def test_circuit_eval_finds_a_custom_task_by_its_file(tmp_path):
+    dense = load_model("tiny-dense")
+    pairs = get_task("ioi", dense).pairs(12, 0)
+    task = tmp_path / "myioi.jsonl"
+    task.write_text("\n".join(json.dumps({"clean": p.clean, "corrupt": p.corrupt, "answer": list(p.answers), "wrong": list(p.wrongs)}) for p in pairs))
+    args = ["discover", "--task", str(task), "--model", "tiny-dense", "--n-prompts", "12", "--method", "eap", "--out", str(tmp_path / "d")]
+    assert runner.invoke(app, args).exit_code == 0
+    res = runner.invoke(app, ["circuit-eval", str(tmp_path / "d" / "circuit_tiny-dense.json"), "--n-prompts", "12", "--json"])
+    assert res.exit_code == 0, res.output
+    ev = json.loads(res.stdout)
+    assert ev["task"] == "myioi" and ev["corruption"] == "file" and 0 <= ev["f"] <= 1.5
+
+
 def test_compare_repeats_report_every_seed_and_the_median(tmp_path):
     args = ["compare", "--task", "ioi", "--n-prompts", "8", "--method", "eap", "--json"]
     res = runner.invoke(app, [*args, "--seed", "4", "--repeats", "3", "--out", str(tmp_path)])

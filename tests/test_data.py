@@ -3,6 +3,7 @@ transcoder training and the measurements."""
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,6 +40,21 @@ def test_windows_are_bos_plus_consecutive_tokens_and_held_out_is_never_trained_o
     assert data.info()["fingerprint"] != TextData(torch.arange(11, 111), bos=1).info()["fingerprint"]
 
 
+def test_windows_start_at_documents_and_long_documents_are_packed_in_chunks():
+    B = 0
+    docs = [[B, 1, 2, 3], [B, *range(10, 20)], [B, 30, 31], [B, *range(40, 52)]]  # 31 tokens; held out: the last 3
+    data = TextData(torch.tensor([t for d in docs for t in d]), bos=B, heldout_fraction=3 / 31)
+    # length 5 = BOS + 4 tokens from: doc 1's first token (1), doc 2's (5) and every 4 further (9, 13: runs on into
+    # doc 3), doc 3's (16), doc 4's (19) and 23 (27 would need a held-out token)
+    assert data.chunk_starts("train", 5) == [1, 5, 9, 13, 16, 19, 23]
+    windows = {tuple(w) for w in data.batch("k", 64, 5).tolist()}
+    assert windows == {(B, 1, 2, 3, B), (B, 10, 11, 12, 13), (B, 14, 15, 16, 17), (B, 18, 19, B, 30), (B, 30, 31, B, 40),
+                       (B, 40, 41, 42, 43), (B, 44, 45, 46, 47)}  # fmt: skip
+    assert data.heldout(5, 4).tolist() == [[B, 49, 50, 51]]  # the held-out part starts inside doc 4: one window
+    with pytest.raises(CircuitryError, match="at least one token after BOS"):
+        data.heldout(2, 1)
+
+
 def test_text_jsonl_and_token_files_give_the_same_stream(small_tokenizer, tmp_path):
     model, texts = tiny(small_tokenizer), docs()
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in texts))
@@ -68,11 +84,15 @@ def test_text_jsonl_and_token_files_give_the_same_stream(small_tokenizer, tmp_pa
         ("float.safetensors", {"tokens": torch.rand(50)}, "token ids must be integers"),
         ("big.safetensors", {"tokens": torch.arange(10**6, 10**6 + 50)}, "token id 1000049 is out of the model's vocabulary"),
         ("junk.safetensors", b"not a safetensors file", "not a readable safetensors file"),
+        ("one.safetensors", {"tokens": torch.arange(5, 6)}, "1 tokens do not split into training and held-out parts"),
+        ("dir.jsonl", "DIR", "is a directory"),
     ],
 )
 def test_bad_data_files_are_refused_in_one_line(small_tokenizer, tmp_path, name, content, message):
     path = tmp_path / name
-    if isinstance(content, dict):
+    if content == "DIR":
+        path.mkdir()
+    elif isinstance(content, dict):
         save_file(content, path)
     elif isinstance(content, bytes):
         path.write_bytes(content)
@@ -81,6 +101,38 @@ def test_bad_data_files_are_refused_in_one_line(small_tokenizer, tmp_path, name,
     with pytest.raises(CircuitryError, match=re.escape(message)) as err:
         token_source(tiny(small_tokenizer), path)
     assert "\n" not in str(err.value)
+
+
+def test_python_misuse_of_text_data_is_refused(small_tokenizer):
+    with pytest.raises(CircuitryError, match="not one string"):
+        TextData.from_texts("Mary went to the store.", small_tokenizer)
+    with pytest.raises(CircuitryError, match="do not split into training and held-out parts"):
+        TextData(torch.arange(10, 20), bos=1, heldout_fraction=0.99)
+
+
+def test_data_too_short_for_the_held_out_part_fails_before_training(small_tokenizer, tmp_path):
+    from circuitry.transcoders import CLTTrainConfig, train_and_save
+
+    short = TextData.from_texts(docs(4), small_tokenizer)  # enough to train on, its 5% too short for one sequence
+    assert len(short.train) > 24 and len(short.held) < 24
+    with pytest.raises(CircuitryError, match="held-out part has"):
+        sparsify(tiny(small_tokenizer), tmp_path / "s", SparsifyConfig(**CFG), progress=False, data=short)
+    with pytest.raises(CircuitryError, match="held-out part has"):
+        train_and_save(tiny(small_tokenizer), tmp_path / "c", CLTTrainConfig(steps=2), progress=False, data=short)
+    assert not any(tmp_path.iterdir())
+
+
+def test_resume_knows_the_data_by_its_tokens_not_its_path(small_tokenizer, tmp_path):
+    from circuitry.data import check_same_data
+
+    texts = docs(60)
+    for name in ("a.jsonl", "b.jsonl"):
+        (tmp_path / name).write_text("\n".join(json.dumps({"text": t}) for t in texts))
+    a, b = (TextData.load(tmp_path / n, tiny(small_tokenizer)) for n in ("a.jsonl", "b.jsonl"))
+    assert a.info()["source"] != b.info()["source"] and Path(a.info()["source"]).is_absolute()
+    check_same_data(a.info(), b, "checkpoint")  # the same tokens elsewhere: accepted
+    with pytest.raises(CircuitryError, match="other training data"):
+        check_same_data(a.info(), TextData.from_texts(texts[1:], small_tokenizer), "checkpoint")
 
 
 def test_sparsify_trains_and_measures_on_given_text_and_resumes_only_on_it(small_tokenizer, tmp_path, monkeypatch):
@@ -94,7 +146,7 @@ def test_sparsify_trains_and_measures_on_given_text_and_resumes_only_on_it(small
         sparsify(tiny(small_tokenizer), tmp_path / "s", cfg, resume=True, progress=False)
     model, meta = sparsify(tiny(small_tokenizer), tmp_path / "s", cfg, resume=True, progress=False, data=own)
     assert not (tmp_path / "s" / CHECKPOINT).exists()
-    assert meta["data"] == own.info() and meta["command"].endswith("--data texts")
+    assert meta["data"] == own.info() and meta["command"].endswith("--data <Python data>")
     assert meta["dense_heldout_ce"] == round(heldout_ce(tiny(small_tokenizer), own, cfg.heldout_sequences), 5)
     assert meta["dense_heldout_ce"] != round(heldout_ce(tiny(small_tokenizer), token_source(model), cfg.heldout_sequences), 5)
     report = connectivity_report(model, n=cfg.heldout_sequences, data=own)

@@ -92,8 +92,10 @@ def test_custom_json_and_jsonl(dense, tmp_path):
     mine = CustomTask.from_records(recs, dense, name="mine", metric="prob_diff")  # the same records from Python
     again = mine.tokenize(mine.pairs(5, 0))
     assert mine.name == "mine" and mine.metric_kind == "prob_diff" and torch.equal(again.clean, b.clean) and torch.equal(again.wrong, b.wrong)
-    with pytest.raises(CircuitryError, match="records must be a non-empty list"):
-        CustomTask.from_records([], dense)
+    assert CustomTask.from_records((r for r in recs), dense, name=None).name == "custom"  # any iterable; a default name
+    for bad in ([], recs[0], 3):  # nothing, one dict alone, not records at all
+        with pytest.raises(CircuitryError, match="records must be a non-empty list"):
+            CustomTask.from_records(bad, dense)
     with pytest.raises(CircuitryError, match="task 'mine': unknown metric 'accuracy'"):
         CustomTask.from_records(recs, dense, name="mine", metric="accuracy")
 

@@ -170,11 +170,19 @@ def cap_features(clt: CrossLayerTranscoder, point: FrozenPoint, max_features: in
 
 def frozen_point(graph: AttributionGraph, model, clt: CrossLayerTranscoder) -> FrozenPoint:
     """The frozen forward pass ``graph`` was built on: kept in memory by :func:`build_graph`, rebuilt from the
-    prompt's tokens for a loaded graph, and then checked to give the graph's active features and activations
-    (a graph built with another model or transcoder is refused)."""
+    prompt's tokens for a loaded graph. A model or transcoder whose fingerprint differs from the one the graph
+    records, or that gives other active features or activations, is refused."""
     if getattr(graph, "point", None) is not None:
         return graph.point
+    from circuitry.zoo.registry import model_fingerprint
+
     check_pair(model, clt)
+    recorded = {"model": (graph.info.get("model_fingerprint"), model_fingerprint(model)),
+                "transcoder": (graph.info.get("clt_fingerprint"), getattr(clt, "record", {}).get("fingerprint"))}  # fmt: skip
+    for what, (then, now) in recorded.items():
+        if then is not None and now is not None and then != now:
+            raise CircuitryError(f"this attribution graph was built with another {what} (fingerprint {then}, given {now}); "
+                                 "pass the pair it was built with")  # fmt: skip
     with torch.no_grad():
         point = freeze(model, clt, torch.tensor(graph.tokens))
         if graph.info.get("max_feature_nodes") is not None:

@@ -48,6 +48,7 @@ class Discovery:
     eval_prompts_scored: int = 0  # faithfulness prompts that are also among the scored ones (a small task file)
     model_fingerprint: str | None = None  # the weights' fingerprint (checked by :func:`load_circuit`)
     corruption: str | None = None  # the task's corruption (what the corrupted prompts change)
+    task_file: str | None = None  # a custom task's file (absolute path), so the circuit can be re-evaluated on it
 
     def circuit(self, target: float = 0.9) -> Circuit | None:
         """The circuit at the curve's sustained crossing of f >= target (None if f never stays there)."""
@@ -60,7 +61,8 @@ class Discovery:
     def to_dict(self) -> dict[str, Any]:
         c = self.curve
         return {
-            "model": self.model, "task": self.task, "corruption": self.corruption, "method": self.method, "n_prompts": self.n_prompts,
+            "model": self.model, "task": self.task, "task_file": self.task_file, "corruption": self.corruption,
+            "method": self.method, "n_prompts": self.n_prompts,
             "seed": self.seed, "ablation": self.ablation, "selection": self.selection, "ig_steps": self.ig_steps,
             "edges_total": self.graph.n_edges, "heads_total": self.graph.n_layers * self.graph.n_heads,
             "edges_at_0.9": c.edges_90, "heads_at_0.9": c.heads_90, "edges_at_0.8": c.edges_80, "heads_at_0.8": c.heads_80,
@@ -72,47 +74,61 @@ class Discovery:
         }  # fmt: skip
 
     def save(self, path: str | Path, target: float = 0.9) -> None:
-        """Write the summary of :meth:`to_dict` and the circuit at f >= ``target`` (``circuit_at_<target>``, null
+        """Write the summary of :meth:`to_dict` and the circuit at f >= ``target`` (:func:`circuit_key`, null
         if f never stays there) to a JSON file, atomically; :func:`load_circuit` reads the circuit back."""
         circuit = self.circuit(target)
         record = {"circuitry_version": __version__, "format_version": FORMAT_VERSION, **self.to_dict(),
-                  f"circuit_at_{target}": circuit.to_dict() if circuit else None}  # fmt: skip
+                  circuit_key(target): circuit.to_dict() if circuit else None}  # fmt: skip
         atomic_write_json(path, record)
 
 
 def load_circuit(path: str | Path, model, target: float = 0.9, allow_other_model: bool = False) -> Circuit:
     """The circuit a :meth:`Discovery.save` file holds, on ``model``'s graph (with its saved edge scores). Refuses a
     file from a newer circuitry, a graph of another shape and, unless ``allow_other_model``, a circuit discovered
-    on other weights (e.g. to test a dense model's circuit on its sparse version, pass ``allow_other_model=True``)."""
+    on other weights or a file that does not say which (e.g. to test a dense model's circuit on its sparse version,
+    pass ``allow_other_model=True``). A grouped-query model's graph is that of ``as_multi_head(model)``."""
     from circuitry.zoo.registry import model_fingerprint
 
-    path, key = Path(path), f"circuit_at_{target}"
+    path, key = Path(path), circuit_key(target)
     record = read_json(path)
     with reading(path):
         if not isinstance(record, dict) or key not in record:
-            raise CircuitryError(f"{path} is not a circuit file (no {key!r}; written by Discovery.save or `circuitry discover --out`)")
+            held = [k for k in record if k.startswith("circuit_at_")] if isinstance(record, dict) else []
+            raise CircuitryError(f"{path} holds no {key!r}" + (f" (it has {', '.join(held)}; pass that target)" if held else
+                                 " and is not a circuit file (written by Discovery.save or `circuitry discover --out`)"))  # fmt: skip
         check_format(record, path)
-        saved = record.get("model_fingerprint")
-        if saved is not None and not allow_other_model and saved != model_fingerprint(model):
-            raise CircuitryError(f"{path} was discovered on model {record.get('model')!r} with other weights than this model's; "
+        if not allow_other_model and record.get("model_fingerprint") != model_fingerprint(model):
+            found = "with other weights than this model's" if record.get("model_fingerprint") else "on a model it does not record"
+            raise CircuitryError(f"{path} was discovered on model {record.get('model')!r} {found}; "
                                  "pass allow_other_model=True (--allow-other-model) to apply it anyway")  # fmt: skip
         spec = record[key]
         if spec is None:
             raise CircuitryError(f"{path} holds no circuit: f never stayed >= {target} on {record.get('model')!r}")
         graph = Graph.from_model(as_multi_head(model))
         index = {name: i for i, name in enumerate(graph.edge_names)}
-        missing = [e for e in spec["edges"] if e not in index]
-        if missing or spec["n_edges_total"] != graph.n_edges:
-            raise CircuitryError(f"{path}: the circuit is on a graph of {spec['n_edges_total']} edges, this model's has {graph.n_edges}"
-                                 + (f" (no edge {missing[0]!r})" if missing else ""))  # fmt: skip
-        kept = torch.tensor([index[e] for e in spec["edges"]], dtype=torch.long)
+        edges, scores = spec["edges"], spec.get("scores")
+        if spec["n_edges_total"] != graph.n_edges:
+            raise CircuitryError(f"{path}: the circuit is on a graph of {spec['n_edges_total']} edges, this model's has {graph.n_edges}")
+        bad = [e for e in edges if e not in index]
+        if bad or len(set(edges)) != len(edges) or len(edges) != spec["n_edges"]:
+            raise CircuitryError(f"{path}: malformed circuit: " + (f"no edge {bad[0]!r} in this model's graph" if bad else
+                                 f"{len(edges)} edge names ({len(set(edges))} distinct) for n_edges {spec['n_edges']}"))  # fmt: skip
+        kept = torch.tensor([index[e] for e in edges], dtype=torch.long)
         mask = torch.zeros(graph.n_edges, dtype=torch.bool)
         mask[kept] = True
-        scores = None
-        if "scores" in spec:
-            scores = torch.zeros(graph.n_edges)
-            scores[kept] = torch.tensor(spec["scores"], dtype=torch.float32)
-    return Circuit.from_mask(graph, mask, scores)
+        full = None
+        if scores is not None:
+            values = torch.tensor(scores, dtype=torch.float32)
+            if values.shape != (len(edges),) or not torch.isfinite(values).all():
+                raise CircuitryError(f"{path}: malformed circuit: {len(scores)} scores for {len(edges)} edges, or a non-finite score")
+            full = torch.zeros(graph.n_edges)
+            full[kept] = values
+    return Circuit.from_mask(graph, mask, full)
+
+
+def circuit_key(target: float) -> str:
+    """The key of the circuit at f >= ``target`` in a saved discovery (``circuit_at_0.9``; 1 and 1.0 are one key)."""
+    return f"circuit_at_{float(target):g}"
 
 
 def discover(
@@ -166,11 +182,12 @@ def discover(
             f"on (seed {seed}): task {task.name!r} draws from a small set of prompts, so f is partly in-sample", stacklevel=2
         )
     name = getattr(model.cfg, "model_name", "model")
+    task_file = str(Path(task.path).resolve()) if getattr(task, "path", None) is not None else None
     steps = ig_steps if method.startswith("eap-ig") else None
     # prompts actually scored: pairs(n, seed) is as long as the curve's pairs(n, seed + 1) (fewer than n_prompts when
     # a task file has fewer records)
     return Discovery(name, task.name, method, curve.n_prompts, graph, scores, curve, time.time() - t0, ablation, selection, steps, seed,
-                     shared, fingerprint, task.corruption)  # fmt: skip
+                     shared, fingerprint, task.corruption, task_file)  # fmt: skip
 
 
 def shared_prompts(task: Task, n_prompts: int, seed: int) -> int:

@@ -112,9 +112,10 @@ def measure_connectivity(model, tokens: Tensor, valid: Bool[Tensor, "batch pos"]
     )
 
 
-def connectivity_report(model, task=None, n: int = 256, seed: int = 1, data=None) -> ConnectivityReport:
-    """Connectivity on ``n`` held-out sequences (with held-out CE) of ``data`` (see :func:`circuitry.data.token_source`;
-    default: the model's synthetic language), or on ``n`` clean prompts of ``task``."""
+def connectivity_report(model, task=None, n: int = 256, seed: int = 1, data=None, seq_len: int | None = None) -> ConnectivityReport:
+    """Connectivity on ``n`` held-out sequences of ``seq_len`` tokens (default: the model's context; with held-out CE)
+    of ``data`` (see :func:`circuitry.data.token_source`; default: the model's synthetic language), or on ``n`` clean
+    prompts of ``task``."""
     from circuitry.data import token_source
     from circuitry.zoo.pretrain import heldout_ce
 
@@ -124,8 +125,8 @@ def connectivity_report(model, task=None, n: int = 256, seed: int = 1, data=None
         raise CircuitryError("measure on a task's prompts or on data, not both")
     if task is None:
         stream = token_source(model, data)
-        report = measure_connectivity(model, stream.heldout(n, model.cfg.n_ctx))
-        report.ce = round(heldout_ce(model, stream, n), 5)
+        report = measure_connectivity(model, stream.heldout(n, seq_len or model.cfg.n_ctx))
+        report.ce = round(heldout_ce(model, stream, n, length=seq_len), 5)
         return report
     batch = task.tokenize(task.pairs(n, seed))
     valid = torch.arange(batch.clean.shape[1])[None, :] <= batch.answer_pos[:, None]

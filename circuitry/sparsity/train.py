@@ -23,13 +23,22 @@ from tqdm.auto import tqdm
 
 from circuitry.artifacts import reading
 from circuitry.checkpoint import prepare_run_dir, resume_run, save_checkpoint, trim_log
-from circuitry.data import TextData, check_same_data, token_source
+from circuitry.data import check_length, check_same_data, token_source
 from circuitry.distributed import barrier, is_main, mean_over_ranks, rank_and_world, shard, wrap
 from circuitry.errors import CircuitryError
 from circuitry.lora import add_lora, lora_target_of, merge_lora
 from circuitry.sparsity.connectivity import expected_connectivity, measure_connectivity
 from circuitry.sparsity.gates import attach_gates, check_dense
-from circuitry.training import autocast, check_fields, check_options, micro_batches, no_sync, rng_rewinder, set_activation_checkpointing
+from circuitry.training import (
+    autocast,
+    check_fields,
+    check_options,
+    deterministic,
+    micro_batches,
+    no_sync,
+    rng_rewinder,
+    set_activation_checkpointing,
+)
 from circuitry.zoo.pretrain import heldout_ce
 from circuitry.zoo.registry import save_model
 
@@ -88,6 +97,7 @@ def sparsify(
     ctx = check_options(cfg.grad_accum, cfg.precision, cfg.seq_len, model.cfg.n_ctx, cfg.batch_size)
     check_dense(model)  # before anything is written or measured
     stream = token_source(model, data)
+    check_length(stream, ctx)  # data too short fails before the run directory is made
     ckpt = prepare_run_dir(out, resume, CHECKPOINT)
     dense_ce = heldout_ce(model, stream, cfg.heldout_sequences, length=ctx)
     target = cfg.target_ce if cfg.target_ce is not None else dense_ce * (1 + cfg.tolerance)
@@ -120,7 +130,7 @@ def sparsify(
             ce_ema = None if ce_ema is None else float(ce_ema)
     t0 = time.time() - elapsed
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"sparsify {name}", disable=not (progress and main))
-    with open(out / LOG if main else os.devnull, "a" if resume else "w") as log:
+    with deterministic(), open(out / LOG if main else os.devnull, "a" if resume else "w") as log:
         for step in bar:
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * min(1.0, (step + 1) / cfg.warmup)
@@ -184,11 +194,12 @@ def sparsify(
         "command": f"circuitry sparsify --model {parent} --out {out} --steps {cfg.steps} --tolerance {cfg.tolerance} "
         f"--batch-size {cfg.batch_size} --lr {cfg.lr} --qk-lr {cfg.qk_lr} --bias-lr {cfg.bias_lr} --seed {cfg.seed}" + _scale_flags(cfg),
     }
-    if isinstance(stream, TextData):
-        meta["data"] = stream.info()
-        meta["command"] += f" --data {shlex.quote(stream.source)}"
-    else:
+    data_info = stream.info()
+    if data_info["source"] == "synthetic":
         meta.update(stream.language.options())  # the parent's non-default language, carried to the sparse model
+    else:
+        meta["data"] = data_info
+        meta["command"] += f" --data {shlex.quote(data_info['source'])}" if Path(data_info["source"]).is_file() else " --data <Python data>"
     save_model(model, out, meta)
     ckpt.unlink(missing_ok=True)
     barrier()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable
 
 from circuitry.errors import CircuitryError
 from circuitry.tasks.base import PromptPair, Task
@@ -71,14 +71,18 @@ class CustomTask(Task):
 
     @classmethod
     def from_records(
-        cls, records: Sequence[dict], model_or_tokenizer, name: str = "custom", metric: str = "logit_diff", corruption: str | None = None
+        cls, records: Iterable[dict], model_or_tokenizer, name: str = "custom", metric: str = "logit_diff", corruption: str | None = None
     ) -> "CustomTask":
         """A task from ``{clean, corrupt, answer, wrong}`` dicts, checked as a file's records are."""
         task = cls.__new__(cls)
         task.path = None
-        records = list(records) if isinstance(records, (list, tuple)) else records
-        if not isinstance(records, list) or not records:
+        try:
+            records = [] if isinstance(records, (str, bytes, dict)) else list(records)  # any iterable of dicts, not a lone dict
+        except TypeError:
+            records = []
+        if not records:
             raise CircuitryError("records must be a non-empty list of {clean, corrupt, answer, wrong} dicts")
+        name = name or "custom"
         task._build(records, [f"record {i}" for i in range(1, len(records) + 1)], name, metric, f"task {name!r}", model_or_tokenizer, corruption)
         return task
 

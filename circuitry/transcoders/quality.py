@@ -7,9 +7,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
+from circuitry.data import token_source
 from circuitry.transcoders.clt import CrossLayerTranscoder
 from circuitry.transcoders.train import model_activations
-from circuitry.data import token_source
 
 
 @dataclass

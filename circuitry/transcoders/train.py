@@ -23,10 +23,10 @@ from tqdm.auto import tqdm
 
 from circuitry.artifacts import reading
 from circuitry.checkpoint import prepare_run_dir, resume_run, save_checkpoint, trim_log
-from circuitry.data import check_same_data, token_source
+from circuitry.data import check_length, check_same_data, token_source
 from circuitry.distributed import barrier, is_main, mean_over_ranks, shard, wrap
 from circuitry.errors import CircuitryError
-from circuitry.training import autocast, check_fields, check_options, micro_batches, no_sync
+from circuitry.training import autocast, check_fields, check_options, deterministic, micro_batches, no_sync
 from circuitry.transcoders.clt import CLTConfig, CrossLayerTranscoder, check_has_mlps
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -123,10 +123,11 @@ def train_clt(
     out = Path(out)
     ctx = check_options(cfg.grad_accum, cfg.precision, cfg.seq_len, model.cfg.n_ctx, cfg.batch_size)
     check_has_mlps(model)  # before the run directory is made
+    stream = token_source(model, data)
+    check_length(stream, ctx)  # data too short for training or for the quality report fails before any work
     ckpt = prepare_run_dir(out, resume, CHECKPOINT)
     if (out / "config.yaml").exists():
         raise CircuitryError(f"{out} already holds a transcoder; choose another --out")
-    stream = token_source(model, data)
     torch.manual_seed(cfg.seed)
     clt = CrossLayerTranscoder(CLTConfig(model.cfg.n_layers, model.cfg.d_model, cfg.d_transcoder, cfg.cross_layer,
                                          feature_input_hook=input_hook(model)))  # fmt: skip
@@ -149,7 +150,7 @@ def train_clt(
     t0 = time.time() - elapsed
     main = is_main()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="clt", disable=not (progress and main))
-    with open(out / LOG if main else os.devnull, "a" if resume else "w") as log:
+    with deterministic(), open(out / LOG if main else os.devnull, "a" if resume else "w") as log:
         for step in bar:
             lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * min(1.0, 10 * (1 - step / cfg.steps))
             for g in opt.param_groups:
@@ -184,5 +185,4 @@ def train_clt(
                     save_checkpoint(ckpt, clt, opt, step + 1, state)
                 barrier()
     opt.zero_grad(set_to_none=True)  # no stale gradients on the returned transcoder
-    info = {"train_seconds": round(time.time() - t0, 1), "train_config": asdict(cfg), "checkpoint": str(ckpt), "data": stream.info()}
-    return clt, info
+    return clt, {"train_seconds": round(time.time() - t0, 1), "train_config": asdict(cfg), "data": stream.info()}

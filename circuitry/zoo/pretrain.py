@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from circuitry.checkpoint import prepare_run_dir, resume_run, save_checkpoint, trim_log
 from circuitry.errors import CircuitryError
+from circuitry.training import deterministic
 from circuitry.zoo.language import LANGUAGE_OPTIONS, SHIPPED_IOI_SHARE, SyntheticLanguage
 from circuitry.zoo.registry import build_model, save_model
 
@@ -176,7 +177,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False, name: s
         elapsed = state.get("elapsed", 0.0)
     t0 = time.time() - elapsed
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"pretrain {name}", disable=not progress)
-    with open(out / LOG, "a" if resume else "w") as log:
+    with deterministic(), open(out / LOG, "a" if resume else "w") as log:
         for step in bar:
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, step)
