@@ -222,6 +222,7 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
         c = load_circuit(circuit, m, allow_other_model=allow_other_model)
         t = get_task(task, m, corruption)
         result = faithfulness(m, t, c.graph, c, ablation, n=n_prompts, seed=seed)
+        n_prompts = len(t.pairs(n_prompts, seed))  # a task file may hold fewer
         obj = {"circuit": str(circuit), "found_on": record.get("model"), "model": model, "task": t.name, "corruption": t.corruption,
                "ablation": ablation, "n_prompts": n_prompts, "seed": seed, "f": round(result.f, 5), "m_circuit": round(result.m_circuit, 5),
                "m_full": round(result.m_full, 5), "m_empty": round(result.m_empty, 5), "edges": c.n_edges, "heads": c.n_heads, "mlps": c.n_mlps}  # fmt: skip

@@ -38,7 +38,8 @@ class TextData:
     Documents are joined with ``bos`` before each. A window is ``bos`` (when known) and then ``length - 1`` tokens
     from a *chunk start*: a document's first token, or every ``length - 1`` tokens further into a long document
     (packing, as language models are trained); a window may run on into the next document. Training draws chunk
-    starts from ``key``; held-out windows are consecutive, non-overlapping chunks of the last part.
+    starts from ``key``; held-out windows are the chunks of the last part in order (so every held-out document
+    start begins one; only a window's run-on into the next document overlaps another window).
     """
 
     def __init__(self, tokens: Int[Tensor, " n"], bos: int | None, source: str = "tokens", heldout_fraction: float = 0.05):
@@ -140,11 +141,8 @@ class TextData:
         return self.batch(f"train|{seed}|{step}", size, length)
 
     def heldout(self, size: int, length: int) -> Int[Tensor, "batch pos"]:
-        """Up to ``size`` non-overlapping windows of the held-out part, in order (fewer when it is short)."""
-        body, taken = self._body(length), []
-        for c in self.chunk_starts("held", length):
-            if len(taken) < size and (not taken or c >= taken[-1] + body):
-                taken.append(c)
+        """The first ``size`` chunks of the held-out part, in order (fewer when it is short)."""
+        taken = self.chunk_starts("held", length)[:size]
         if not taken:
             raise CircuitryError(f"{self.source}: the held-out part has {len(self.held)} tokens, fewer than one sequence of "
                                  f"{length}; give more text or a shorter sequence length")  # fmt: skip

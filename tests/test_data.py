@@ -29,7 +29,7 @@ def test_windows_are_bos_plus_consecutive_tokens_and_held_out_is_never_trained_o
     assert torch.equal(a, b) and not torch.equal(a, data.batch("other", 16, 6))  # the key fixes the batch
     assert a.shape == (16, 6) and (a[:, 0] == 1).all()
     assert (a[:, 2:] - a[:, 1:-1] == 1).all() and int(a[:, 1:].max()) <= 99  # runs of the training part only
-    held = data.heldout(100, 6)  # 10 held-out tokens: two non-overlapping windows of 5, not 100
+    held = data.heldout(100, 6)  # 10 held-out tokens: two chunks of 5, not 100
     assert held.tolist() == [[1, 100, 101, 102, 103, 104], [1, 105, 106, 107, 108, 109]]
     no_bos = TextData(torch.arange(10, 110), bos=None, heldout_fraction=0.1)
     assert no_bos.heldout(3, 5).tolist() == [list(range(100, 105)), list(range(105, 110))]
@@ -51,6 +51,8 @@ def test_windows_start_at_documents_and_long_documents_are_packed_in_chunks():
     assert windows == {(B, 1, 2, 3, B), (B, 10, 11, 12, 13), (B, 14, 15, 16, 17), (B, 18, 19, B, 30), (B, 30, 31, B, 40),
                        (B, 40, 41, 42, 43), (B, 44, 45, 46, 47)}  # fmt: skip
     assert data.heldout(5, 4).tolist() == [[B, 49, 50, 51]]  # the held-out part starts inside doc 4: one window
+    later = TextData(torch.tensor([t for d in docs for t in d]), bos=B, heldout_fraction=16 / 31)  # held out: docs 3 and 4
+    assert later.heldout(9, 5).tolist() == [[B, 30, 31, B, 40], [B, 40, 41, 42, 43], [B, 44, 45, 46, 47], [B, 48, 49, 50, 51]]
     with pytest.raises(CircuitryError, match="at least one token after BOS"):
         data.heldout(2, 1)
 
