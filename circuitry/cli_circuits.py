@@ -218,8 +218,9 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
             seed = record.get("seed", 0) + 2 if seed is None else seed
         check_ablation(ablation)
         check_task_name(task)
-        m = as_multi_head(load_model(model))
-        c = load_circuit(circuit, m, allow_other_model=allow_other_model)
+        given = load_model(model)
+        c = load_circuit(circuit, given, allow_other_model=allow_other_model)  # its fingerprint: the model as given
+        m = as_multi_head(given)  # grouped-query models: the multi-head equivalent the circuit's graph is of
         t = get_task(task, m, corruption)
         result = faithfulness(m, t, c.graph, c, ablation, n=n_prompts, seed=seed)
         n_prompts = len(t.pairs(n_prompts, seed))  # a task file may hold fewer

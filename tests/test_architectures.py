@@ -80,13 +80,17 @@ def test_component_graph_edge_count(arch):
     assert graph.n_edges == formula == EDGES.get(name, formula)
 
 
-def test_discover_runs_with_full_circuit_faithful(arch):
+def test_discover_runs_with_full_circuit_faithful(arch, tmp_path):
+    from circuitry.circuits import load_circuit
+
     name, model = arch
     result = discover(model, get_task("ioi", model), "eap", n_prompts=4, grid_points=3, batch_size=4)
     d = result.to_dict()
     assert d["edges_total"] == Graph.from_model(as_multi_head(model)).n_edges
     full = [f for n, f in d["faithfulness_curve"] if n == d["edges_total"]]
     assert full and abs(full[0] - 1) < 1e-3 and torch.isfinite(result.scores).all()
+    result.save(tmp_path / "c.json")  # read back onto the model as given (grouped-query: its multi-head graph)
+    assert load_circuit(tmp_path / "c.json", model).edges == result.circuit(0.9).edges
 
 
 def test_eap_local_runs_and_is_exact_into_the_logits(arch):
