@@ -130,6 +130,7 @@ def sparsify_cmd(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Sparse attention post-training: minimise connectivity subject to CE <= target."""
+    from circuitry.data import TextData
     from circuitry.distributed import init_from_env, shutdown
     from circuitry.sparsity import SparsifyConfig, sparsify
     from circuitry.zoo.registry import load_model
@@ -143,7 +144,8 @@ def sparsify_cmd(
     cfg = SparsifyConfig(steps=steps, tolerance=tolerance, batch_size=batch_size, lr=lr, qk_lr=qk_lr, bias_lr=bias_lr, seed=seed,
                          seq_len=seq_len, grad_accum=grad_accum, precision=precision, activation_checkpointing=activation_checkpointing,
                          lora_rank=lora_rank, lora_alpha=lora_alpha)  # fmt: skip
-    sparse, meta = sparsify(dense, out, cfg, resume=resume, name=name or out.name, parent=model, data=data)
+    source = None if data is None else TextData.load(data, dense)  # read and tokenized once, for training and the plots
+    sparse, meta = sparsify(dense, out, cfg, resume=resume, name=name or out.name, parent=model, data=source)
     shutdown()  # under torchrun: every rank leaves the process group together; otherwise a no-op
     if meta is None:  # not rank 0 of a torchrun job
         return
@@ -152,7 +154,7 @@ def sparsify_cmd(
         from circuitry.sparsity import connectivity_report
 
         save_figure(training_curves(out / "sparsify_log.jsonl"), out / "plots" / "training_curves")
-        save_figure(head_connectivity(connectivity_report(sparse, data=data, seq_len=seq_len)), out / "plots" / "head_connectivity")
+        save_figure(head_connectivity(connectivity_report(sparse, data=source, seq_len=seq_len)), out / "plots" / "head_connectivity")
     _emit(meta, as_json, [
         f"connectivity {meta['connectivity']:.4f} (floor {meta['floor']:.4f}, "
         f"{meta['connectivity'] / meta['floor']:.2f}x), keys/query {meta['keys_per_query']:.2f}, "
