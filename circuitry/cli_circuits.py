@@ -45,9 +45,9 @@ def _discover_models(task: str, models: list[str], seeds: list[int], corruption:
                      n_prompts: int, ablation: str, selection: str, ig_steps: int) -> list[dict]:  # fmt: skip
     """One ``{model name: Discovery}`` per seed; each model is loaded once, all before any discovery runs (a bad
     second name fails at once). For a (dense, sparse) pair, warns when the gates say the roles are swapped."""
-    from circuitry.circuits import discover
+    from circuitry.circuits.discover import _discover
     from circuitry.tasks import get_task
-    from circuitry.zoo.registry import load_model
+    from circuitry.zoo.registry import load_model, model_fingerprint
 
     loaded = []
     for name in models:
@@ -64,10 +64,11 @@ def _discover_models(task: str, models: list[str], seeds: list[int], corruption:
         typer.echo(f"warning: {models[1]} was post-trained from {parent}, not from {models[0]}", err=True)
     runs: list[dict] = [{} for _ in seeds]
     for name, model, t in loaded:
+        fingerprint = model_fingerprint(model)  # once per model: the weights do not change between seeds
         for run, seed in zip(runs, seeds):
             with warnings.catch_warnings(record=True) as caught:  # shown as one 'warning:' line each, not Python's two
                 warnings.simplefilter("always")
-                run[name] = discover(model, t, method, n_prompts, seed, ablation=ablation, ig_steps=ig_steps, selection=selection, progress=None)
+                run[name] = _discover(model, t, fingerprint, method, n_prompts, seed, ablation=ablation, ig_steps=ig_steps, selection=selection, progress=None)
             for w in caught:
                 typer.echo(f"warning: {name}, seed {seed}: {w.message}", err=True)
     if out is not None:

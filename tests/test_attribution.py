@@ -1,6 +1,7 @@
 """Attribution graphs: exactness at the frozen point, interventions, the attention split, pruning against a
 brute-force series, save/load, and circuit-tracer's JSON schema."""
 
+import statistics
 import warnings
 
 import pytest
@@ -321,3 +322,25 @@ def test_graph_inputs_are_checked_and_provenance_names_the_model():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the matching model: no warning
         assert attribute(model, clt, tokens, max_logits=2, attention=False).info["clt_fingerprint"] == "clt-fp"
+
+
+def test_compare_graphs_checks_provenance_once_and_matches_attribute():
+    """compare_graphs hashes each model once (not per prompt): a transcoder trained on another model warns once
+    for two prompts, and each prompt's summary is what attribute() gives for it alone."""
+    from circuitry.attribution import attribute, compare_graphs, graph_summary
+
+    model, clt, tokens = random_setup("gpt2-style", seed=5)
+    clt.record = {"fingerprint": "clt-fp", "model_fingerprint": "another-model"}
+    prompts = [tokens, tokens[:-2]]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = compare_graphs({"m": (model, clt)}, prompts, max_logits=2, attention=False)
+    assert sum("trained on another model" in str(w.message) for w in caught) == 1
+    # without the attention split its figures are absent (None), not a crash in the median
+    assert out["models"]["m"]["heads_80"] is None and out["models"]["m"]["per_prompt"][0]["heads_80"] is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        direct = [graph_summary(attribute(model, clt, p, max_logits=2, attention=False)) for p in prompts]
+    assert out["models"]["m"]["nodes"] == statistics.median(d["nodes"] for d in direct)
+    for got, want in zip(out["models"]["m"]["per_prompt"], direct):
+        assert {k: v for k, v in got.items() if k != "seconds"} == {k: v for k, v in want.items() if k != "seconds"}

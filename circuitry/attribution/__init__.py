@@ -26,11 +26,20 @@ def attribute(model, clt, prompt: str, node_threshold: float = 0.8, edge_thresho
               attention_pruned: bool = False, progress: bool = False) -> AttributionGraph:  # fmt: skip
     """Build, prune and score the attribution graph of ``prompt``; split its cross-position edges by head (all
     edges, or the pruned graph's with ``attention_pruned``). ``progress``: a bar over the backward passes."""
+    return _attribute(model, clt, prompt, provenance(model, clt), node_threshold, edge_threshold, max_logits, desired_logit_prob,
+                      attention, attention_pruned, progress)  # fmt: skip
+
+
+def _attribute(model, clt, prompt: str, origin: dict[str, str | None], node_threshold: float = 0.8, edge_threshold: float = 0.98,
+               max_logits: int = 10, desired_logit_prob: float = 0.95, attention: bool = True, attention_pruned: bool = False,
+               progress: bool = False) -> AttributionGraph:  # fmt: skip
+    """:func:`attribute` with the pair's :func:`provenance` given (hashing a GPT-2's weights takes 0.6 s, so a
+    loop over prompts computes it once)."""
     t0 = time.time()
     graph = build_graph(model, clt, prompt, max_logits, desired_logit_prob, progress=progress)
     apply_pruning(graph, node_threshold, edge_threshold)
     graph.info.update(graph_scores(graph))
-    graph.info.update(provenance(model, clt))
+    graph.info.update(origin)
     if attention:
         split = attention_split(model, clt, graph, pruned=attention_pruned)
         graph.attention = {"mass": split["mass"], "influence_mass": split["influence_mass"]}
@@ -85,10 +94,17 @@ def compare_graphs(pairs: dict[str, tuple[Any, Any]], prompts: list[str], progre
     keys = ("nodes", "edges", "replacement_score", "completeness_score", "heads_80", "head_key_pairs_80", "heads_80_raw",
             "head_key_pairs_80_raw", "edge_heads_80_median", "edge_head_key_pairs_80_median", "seconds")  # fmt: skip
     for name, (model, clt) in pairs.items():
+        origin = provenance(model, clt)  # once per model: the weights do not change between prompts
         bar = progress_bar(prompts, desc=f"attribution graphs {Path(name).name}", unit="graph", progress=progress)
-        per = [graph_summary(attribute(model, clt, p, **kwargs)) for p in bar]
-        out["models"][name] = {k: statistics.median(r[k] for r in per) for k in keys} | {"per_prompt": per}
+        per = [graph_summary(_attribute(model, clt, p, origin, **kwargs)) for p in bar]
+        out["models"][name] = {k: _median([r[k] for r in per]) for k in keys} | {"per_prompt": per}
     if len(pairs) == 2:
         a, b = (out["models"][n] for n in pairs)
         out["ratios"] = {k: round(a[k] / b[k], 3) if b[k] else None for k in ("nodes", "edges", "heads_80", "head_key_pairs_80", "head_key_pairs_80_raw", "edge_head_key_pairs_80_median")}
     return out
+
+
+def _median(values: list) -> float | None:
+    """Median of the figures a graph has (the attention ones are None with ``attention=False``)."""
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None

@@ -150,6 +150,17 @@ def discover(
     :func:`circuitry.get_task` (default corruption). Faithfulness is measured on the prompts of ``seed + 1``;
     prompts drawn for both seeds (a small task file, or a task with few distinct prompts) are counted in
     ``eval_prompts_scored`` and a warning says so."""
+    from circuitry.zoo.registry import model_fingerprint  # of the model as given (grouped-query, if it is)
+
+    return _discover(model, task, model_fingerprint(model), method, n_prompts, seed, ablation, ig_steps, grid_points, batch_size,
+                     selection, progress)  # fmt: skip
+
+
+def _discover(model, task: Task | str, fingerprint: str, method: str = "eap-local", n_prompts: int = 100, seed: int = 0,
+              ablation: str = "corrupt", ig_steps: int = 5, grid_points: int = 16, batch_size: int | None = None,
+              selection: str = "abs", progress: bool | None = False) -> Discovery:  # fmt: skip
+    """:func:`discover` with the model's weights fingerprint given (hashing a GPT-2's weights takes 0.6 s, so a
+    loop over seeds computes it once)."""
     if isinstance(task, str):
         from circuitry.tasks import get_task
 
@@ -159,9 +170,6 @@ def discover(
     if n_prompts <= 0:
         raise CircuitryError(f"number of prompts must be positive, got {n_prompts}")
     t0 = time.time()
-    from circuitry.zoo.registry import model_fingerprint  # of the model as given (grouped-query, if it is)
-
-    fingerprint = model_fingerprint(model)
     model = as_multi_head(model)  # grouped-query models: the same function with per-head keys/values
     graph = Graph.from_model(model)
     batch_size = auto_batch_size(model, task, graph, n_prompts, seed) if batch_size is None else batch_size
@@ -179,7 +187,7 @@ def discover(
     if shared:
         warnings.warn(
             f"{shared} of the {curve.n_prompts} prompts faithfulness is measured on (seed {seed + 1}) were also scored "
-            f"on (seed {seed}): task {task.name!r} draws from a small set of prompts, so f is partly in-sample", stacklevel=2
+            f"on (seed {seed}): task {task.name!r} draws from a small set of prompts, so f is partly in-sample", stacklevel=3
         )
     name = getattr(model.cfg, "model_name", "model")
     task_file = str(Path(task.path).resolve()) if getattr(task, "path", None) is not None else None
