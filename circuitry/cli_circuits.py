@@ -41,6 +41,20 @@ def _check_options(task: str, method: str, n_prompts: int, ablation: str, select
     check_task_name(task)
 
 
+def warn_pair_order(dense: tuple[str, object], sparse: tuple[str, object]) -> None:
+    """A 'warning:' line when the (name, model) pair given as (dense, sparse) looks swapped or unrelated: the gates
+    say otherwise, or the sparse model records another parent."""
+    (d_name, d_model), (s_name, s_model) = dense, sparse
+    gated = [hasattr(d_model, "gates"), hasattr(s_model, "gates")]
+    if gated != [False, True]:
+        has = ["" if g else "no " for g in gated]
+        typer.echo(f"warning: {d_name} has {has[0]}attention gates and {s_name} has {has[1]}attention gates; "
+                   "is this the (dense, sparse) order?", err=True)  # fmt: skip
+    parent = getattr(s_model, "circuitry_info", {}).get("parent")
+    if parent is not None and Path(parent).name != Path(d_name).name:
+        typer.echo(f"warning: {s_name} was post-trained from {parent}, not from {d_name}", err=True)
+
+
 def _discover_models(task: str, models: list[str], seeds: list[int], corruption: Optional[str], out: Optional[Path], *, method: str,
                      n_prompts: int, ablation: str, selection: str, ig_steps: int) -> list[dict]:  # fmt: skip
     """One ``{model name: Discovery}`` per seed; each model is loaded once, all before any discovery runs (a bad
@@ -54,14 +68,8 @@ def _discover_models(task: str, models: list[str], seeds: list[int], corruption:
         model = load_model(name)
         model.cfg.model_name = name
         loaded.append((name, model, get_task(task, model, corruption)))
-    gated = [hasattr(model, "gates") for _, model, _ in loaded]
-    if len(gated) == 2 and gated != [False, True]:
-        has = ["" if g else "no " for g in gated]
-        typer.echo(f"warning: {models[0]} has {has[0]}attention gates and {models[1]} has {has[1]}attention gates; "
-                   "is this the (dense, sparse) order?", err=True)  # fmt: skip
-    parent = getattr(loaded[-1][1], "circuitry_info", {}).get("parent") if len(loaded) == 2 else None
-    if parent is not None and Path(parent).name != Path(models[0]).name:
-        typer.echo(f"warning: {models[1]} was post-trained from {parent}, not from {models[0]}", err=True)
+    if len(loaded) == 2:
+        warn_pair_order(*((name, model) for name, model, _ in loaded))
     runs: list[dict] = [{} for _ in seeds]
     for name, model, t in loaded:
         fingerprint = model_fingerprint(model)  # once per model: the weights do not change between seeds

@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from circuitry.artifacts import staged_output
+from circuitry.cli_circuits import warn_pair_order
 from circuitry.data import DATA_HELP
 from circuitry.errors import CircuitryError
 
@@ -31,7 +32,7 @@ def _quality_lines(q: dict) -> list[str]:
         *[f"{l:>5}  {ev:>13.4f}  {nm:.4f}  {l0:>6.2f}" for l, (ev, nm, l0) in enumerate(zip(q["explained_variance"], q["nmse"], q["l0"]))],
         f"mean explained variance {q['mean_explained_variance']:.4f}; dead features {q['dead_fraction']:.1%}",
         f"CE original {q['ce_original']:.4f}, replacement {q['ce_replacement']:.4f}, MLPs zeroed {q['ce_zero_ablation']:.4f} "
-        f"-> {q['ce_recovered']:.1%} of the gap recovered ({q['n_tokens']} tokens)",
+        f"-> {q['ce_recovered']:.1%} of the gap recovered ({q.get('n_sequences') or '?'} sequences, {q['n_tokens']} tokens)",
     ]
 
 
@@ -99,7 +100,9 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
             raise CircuitryError(f"--n must be positive, got {n}")
         m, c = _model_and_clt(model, clt)
         source = token_source(m, data)
-        q = {**evaluate_clt(m, c, n, data=source).to_dict(), "data": source.info()}
+        q = {**evaluate_clt(m, c, n, data=source, progress=None).to_dict(), "data": source.info()}
+        if q["n_sequences"] < n:
+            typer.echo(f"warning: the held-out part of the data gives {q['n_sequences']} sequences, fewer than --n {n}", err=True)
         if out is not None:
             from circuitry.artifacts import atomic_write_json
             from circuitry.plotting import clt_quality_figure, save_figure
@@ -138,7 +141,7 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
             f"replacement score {summary['replacement_score']:.3f}, completeness {summary['completeness_score']:.3f}",
             f"attention: {att['heads_80']} heads / {att['head_key_pairs_80']} (head, key) pairs carry 80% "
             f"(of {att['heads_total']} / {att['head_key_pairs_total']} used)",
-            "top logits: " + ", ".join(f"{m.tokenizer.decode([t])!r} {p:.3f}" for t, p in zip(graph.logit_tokens, graph.logit_probs)),
+            "top logits: " + ", ".join(f"{d['text']!r} {d['prob']:.3f}" for d in summary["top_logits"]),
         ])  # fmt: skip
 
     @app.command("compare-graphs")
@@ -150,10 +153,12 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
         seed: int = typer.Option(0, "--seed"),
         dense: str = typer.Option("tiny-dense", "--dense"),
         sparse: str = typer.Option("tiny-sparse", "--sparse"),
+        dense_clt: Optional[Path] = typer.Option(None, "--dense-clt", help="Transcoder of --dense (default: its shipped one)."),
+        sparse_clt: Optional[Path] = typer.Option(None, "--sparse-clt", help="Transcoder of --sparse (default: its shipped one)."),
         node_threshold: float = typer.Option(0.8, "--node-threshold", help="Influence pruning (1.0 keeps every node)."),
         edge_threshold: float = typer.Option(0.98, "--edge-threshold", help="Influence pruning (1.0 keeps every edge)."),
         attention_pruned: bool = typer.Option(False, "--attention-pruned", help="Attention figures over the pruned graph only (default: every edge)."),
-        out: Optional[Path] = typer.Option(None, "--out", help="Write JSON and the head-loading figure here."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Write compare_graphs.json and the figure of the medians (compare_graphs.html) here."),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Attribution graphs on the dense/sparse pair: medians of nodes, edges, heads and (head, key) pairs at 80%."""
@@ -165,7 +170,8 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
         if dense == sparse:
             raise CircuitryError("--dense and --sparse name the same model")
         _check_thresholds(node_threshold, edge_threshold)
-        pairs = {name: _model_and_clt(name, None) for name in (dense, sparse)}
+        pairs = {name: _model_and_clt(name, clt) for name, clt in ((dense, dense_clt), (sparse, sparse_clt))}
+        warn_pair_order(*((name, m) for name, (m, _) in pairs.items()))
         if task is not None:
             if n <= 0:
                 raise CircuitryError(f"--n must be positive, got {n}")

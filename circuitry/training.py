@@ -42,7 +42,7 @@ def check_options(
     world = rank_and_world()[1]
     if batch_size is not None and grad_accum >= 1 and batch_size % (world * grad_accum):
         raise CircuitryError(f"batch size {batch_size} does not split into {world} process(es) x {grad_accum} equal micro-batches")
-    length = seq_len or n_ctx
+    length = n_ctx if seq_len is None else seq_len  # 0 is a bad length, not "unset"
     if n_ctx is not None and not 2 <= length <= n_ctx:
         raise CircuitryError(f"sequence length {length} must be between 2 and the model's context {n_ctx}")
     if grad_accum < 1:

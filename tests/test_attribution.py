@@ -19,11 +19,11 @@ from circuitry.attribution import (
 )
 from circuitry.attribution import provenance
 from circuitry.attribution.export import feature_labels, logit_lens
-from circuitry.attribution.prune import edge_influence, influence, normalize
+from circuitry.attribution.prune import edge_influence, influence, normalize, prune
 from circuitry.attribution.replacement import frozen_forward, true_injections
 from circuitry.errors import CircuitryError
 from circuitry.transcoders import CLTConfig, CrossLayerTranscoder
-from circuitry.zoo.registry import build_model
+from circuitry.zoo.registry import build_model, load_model
 from tests.random_models import ARCHS, BASE
 
 
@@ -170,6 +170,13 @@ def test_influence_is_the_geometric_series_and_pruning_keeps_inputs_and_outputs(
     assert graph.node_mask[kept_edges[:, 0]].all() and graph.node_mask[kept_edges[:, 1]].all()
     scores = graph_scores(graph)
     assert 0 <= scores["replacement_score"] <= 1 and 0 <= scores["completeness_score"] <= 1
+    # thresholds 1.0 keep everything that reaches the logits: every node with influence, every nonzero edge between
+    # kept nodes (the float32 cumulative sum alone reaches 1 before the last, tiny scores)
+    everything = prune(graph, 1.0, 1.0)
+    reaches = influence(norm, w) > 0
+    assert everything.node_mask[reaches].all()
+    between = (graph.adjacency != 0) & everything.node_mask[:, None] & everything.node_mask[None, :]
+    assert torch.equal(everything.edge_mask, between)
 
 
 def test_graph_save_load_round_trip_and_networkx(tmp_path):
@@ -205,6 +212,9 @@ def test_circuit_tracer_json_schema():
     data = to_circuit_tracer_json(graph, "demo")
     assert set(data) == {"metadata", "qParams", "nodes", "links"}
     assert {"slug", "scan", "prompt_tokens", "prompt", "node_threshold", "schema_version"} <= set(data["metadata"])
+    assert data["metadata"]["scan"].endswith("-clt")  # the transcoder set's name; per-layer transcoders are "-plt"
+    per_layer = CrossLayerTranscoder(CLTConfig(model.cfg.n_layers, model.cfg.d_model, 12, cross_layer=False))
+    assert to_circuit_tracer_json(build_graph(model, per_layer, tokens, max_logits=2), "demo")["metadata"]["scan"].endswith("-plt")
     node_keys = {"node_id", "feature", "layer", "ctx_idx", "feature_type", "token_prob", "is_target_logit", "run_idx",
                  "reverse_ctx_idx", "jsNodeId", "clerp", "influence", "activation"}  # fmt: skip
     ids = set()
@@ -344,3 +354,27 @@ def test_compare_graphs_checks_provenance_once_and_matches_attribute():
     assert out["models"]["m"]["nodes"] == statistics.median(d["nodes"] for d in direct)
     for got, want in zip(out["models"]["m"]["per_prompt"], direct):
         assert {k: v for k, v in got.items() if k != "seconds"} == {k: v for k, v in want.items() if k != "seconds"}
+
+
+def test_token_ids_without_bos_are_refused():
+    """Position 0 is taken as BOS (no features): ids that do not start with BOS would lose their first word, so
+    they are refused; with BOS prepended they give the prompt's own graph."""
+    from circuitry.transcoders import default_clt
+
+    model = load_model("tiny-dense")
+    clt = default_clt(model)
+    prompt = "When Mary and John went to the store, John gave a drink to"
+    tokens = model.to_tokens(prompt)[0]
+    with pytest.raises(CircuitryError, match="do not start with BOS"):
+        build_graph(model, clt, tokens[1:], max_logits=2)
+    assert torch.equal(build_graph(model, clt, tokens, max_logits=2).adjacency, build_graph(model, clt, prompt, max_logits=2).adjacency)
+
+
+def test_head_loadings_need_the_attention_split():
+    from circuitry.attribution import attribute
+    from circuitry.plotting import head_loadings_figure
+
+    model, clt, tokens = random_setup("gpt2-style", seed=6)
+    with pytest.raises(CircuitryError, match="graph 'g' has no attention split"):
+        head_loadings_figure({"g": attribute(model, clt, tokens, max_logits=2, attention=False)})
+    assert len(head_loadings_figure({"g": attribute(model, clt, tokens, max_logits=2)}).data) == 1

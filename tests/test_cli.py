@@ -280,6 +280,13 @@ def _edit_clt_hook(where: str):
     return edit
 
 
+def _claim_sparse_model(d):
+    """A tiny-dense transcoder whose record claims it was trained on tiny-sparse."""
+    record = json.loads((d / "circuitry.json").read_text())
+    record["model_fingerprint"] = json.loads((ZOO_DIR / "tiny-sparse" / "meta.json").read_text())["fingerprint"]
+    (d / "circuitry.json").write_text(json.dumps(record))
+
+
 def _text_file(tmp_path, name: str, text: str) -> str:
     (tmp_path / name).write_text(text)
     return str(tmp_path / name)
@@ -298,11 +305,13 @@ IOI = {"clean": "When Mary and John went to the store, John gave a drink to", "a
         ("clt_record", "malformed or foreign file (KeyError: 'fingerprint')"),
         ("clt_record_hook", "config differs from the one W_enc_0.safetensors was saved with (feature_input_hook)"),
         ("clt_yaml_hook", "config.yaml feature_input_hook 'hook_resid_pre' disagrees"),
+        ("clt_record_model", "differs from the one W_enc_0.safetensors was saved with (2665667202414454)"),
         ("out_is_file", "is a file, not a directory"),
         ("out_under_file", "is a file, not a directory"),
         ("same_pair", "name the same model"),
         ("nan_lr", "lr must be a finite number"),
         ("clt_batch_0", "batch_size must be > 0"),
+        ("clt_seq_len_0", "sequence length 0 must be between 2 and the model's context 64"),
         ("batch_split", "does not split into 1 process(es) x 2 equal micro-batches"),
         ("data_unknown_words", "of the tokens are unknown to the model's tokenizer"),
         ("data_bad_jsonl", "line 2: not valid JSON"),
@@ -320,11 +329,14 @@ def test_bad_files_and_options_fail_in_one_line_before_any_output(tmp_path, case
         "clt_record": ["clt", "eval", "--n", "4", "--clt", _edited_copy(tmp_path, ZOO_DIR / "tiny-dense" / "clt", "c", _drop_clt_fingerprint)],
         "clt_record_hook": ["clt", "eval", "--n", "4", "--clt", _edited_copy(tmp_path, ZOO_DIR / "tiny-dense" / "clt", "c_record", _edit_clt_hook("record"))],
         "clt_yaml_hook": ["clt", "eval", "--n", "4", "--clt", _edited_copy(tmp_path, ZOO_DIR / "tiny-dense" / "clt", "c_yaml", _edit_clt_hook("yaml"))],
+        "clt_record_model": ["attribute", "When Mary and John", "--model", "tiny-sparse", "--clt",
+                             _edited_copy(tmp_path, ZOO_DIR / "tiny-dense" / "clt", "c_model", _claim_sparse_model)],
         "out_is_file": ["connectivity", "--n", "4", "--out", str(tmp_path / "file")],
         "out_under_file": ["sparsify", "--steps", "2", "--out", str(tmp_path / "file" / "run")],
         "same_pair": ["compare-graphs", "--prompt", "When Mary", "--dense", "tiny-dense", "--sparse", "tiny-dense"],
         "nan_lr": ["sparsify", "--steps", "2", "--out", run, "--lr", "nan"],
         "clt_batch_0": ["clt", "train", "--steps", "2", "--out", run, "--batch-size", "0"],
+        "clt_seq_len_0": ["clt", "train", "--steps", "2", "--out", run, "--seq-len", "0"],
         "batch_split": ["sparsify", "--steps", "2", "--out", run, "--batch-size", "3", "--grad-accum", "2"],
         "data_unknown_words": ["sparsify", "--steps", "2", "--out", run, "--data", _text_file(tmp_path, "english.txt", "Photosynthesis converts sunlight.")],
         "data_bad_jsonl": ["clt", "train", "--steps", "2", "--out", run, "--data", _text_file(tmp_path, "d.jsonl", '{"text": "Mary left."}\n{')],

@@ -165,4 +165,5 @@ def test_transcoder_trains_and_is_measured_on_given_text(small_tokenizer, tmp_pa
     record = json.loads((tmp_path / "clt" / RECORD).read_text())
     assert record["data"] == own.info()
     assert quality.n_tokens == len(own.heldout(256, model.cfg.n_ctx)) * (model.cfg.n_ctx - 1)  # BOS excluded
+    assert quality.n_sequences == len(own.heldout(256, model.cfg.n_ctx)) < 256  # what a short held-out part gives
     assert quality.ce_original == pytest.approx(heldout_ce(model, own, 256), abs=1e-5)

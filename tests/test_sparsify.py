@@ -79,10 +79,17 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(small_tokeni
         return out * float("nan") if calls["n"] > 5 else out  # 1 held-out forward + 4 good steps, then NaN
 
     monkeypatch.setattr(model, "forward", forward)
-    with pytest.raises(CircuitryError, match="non-finite loss at step 4"):
+    with pytest.raises(CircuitryError, match="non-finite loss at step 4; last good checkpoint kept at"):
         sparsify(model, tmp_path / "n", SparsifyConfig(**{**CFG, "checkpoint_every": 2}), progress=False)
     _, meta = load_tensors(tmp_path / "n" / CHECKPOINT)
     assert meta["step"] == 4
+    from circuitry.sparsity import detach_gates
+
+    detach_gates(model)
+    calls["n"] = 0  # the same failure before the first checkpoint names none
+    with pytest.raises(CircuitryError, match="non-finite loss at step 4; no checkpoint was written before it"):
+        sparsify(model, tmp_path / "m", SparsifyConfig(**{**CFG, "checkpoint_every": 50}), progress=False)
+    assert not (tmp_path / "m" / CHECKPOINT).exists()
 
 
 def test_training_refuses_unsuitable_models_before_writing_anything(tmp_path):

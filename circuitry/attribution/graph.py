@@ -23,6 +23,7 @@ from circuitry.attribution.replacement import FrozenPoint, backward_rows, consta
 from circuitry.errors import CircuitryError
 from circuitry.tasks.base import check_context, prompt_tokens
 from circuitry.transcoders.clt import CrossLayerTranscoder, check_has_mlps
+from circuitry.transcoders.io import scan_name
 
 
 @dataclass
@@ -241,6 +242,10 @@ def build_graph(
     else:
         tokens = prompt_tokens(model, prompt)[0]  # checked: not empty, known words, fits the context
         token_strs = model.to_str_tokens(tokens)
+    bos = getattr(model.tokenizer, "bos_token_id", None)  # None: no tokenizer to say which id is BOS
+    if bos is not None and int(tokens[0]) != bos:
+        raise CircuitryError(f"the prompt's tokens do not start with BOS (id {bos}): position 0 is taken as BOS and gets no "
+                             "features, so its word would be lost; prepend it (model.to_tokens does)")  # fmt: skip
     with torch.no_grad():
         point = freeze(model, clt, tokens)
         if max_feature_nodes is not None:
@@ -257,7 +262,8 @@ def build_graph(
         active_features=features, activations=point.acts[features[:, 1], features[:, 0], features[:, 2]],
         logit_tokens=logit_tokens, logit_probs=logit_probs, adjacency=torch.zeros(0, 0),
         info={"model": model.cfg.model_name, "max_logits": max_logits, "desired_logit_prob": desired_logit_prob,
-              "max_feature_nodes": max_feature_nodes},
+              "max_feature_nodes": max_feature_nodes, "clt_scan": scan_name(model.cfg.model_name, clt.cfg),
+              "logit_texts": [model.tokenizer.decode([int(t)]) if model.tokenizer is not None else str(int(t)) for t in logit_tokens]},
     )  # fmt: skip
     adjacency = torch.zeros(graph.n_nodes, graph.n_nodes, dtype=model.cfg.dtype)
     rows_index = torch.cat([torch.arange(len(features)), torch.arange(len(logit_tokens)) + graph.slices()["logits"].start])

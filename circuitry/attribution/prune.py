@@ -35,8 +35,11 @@ def logit_weights(graph: AttributionGraph) -> Tensor:
 
 
 def find_threshold(scores: Tensor, fraction: float) -> Tensor:
-    """Smallest score among the top scores covering ``fraction`` of the total."""
+    """Smallest score among the top scores covering ``fraction`` of the total; at ``fraction`` 1 the smallest score
+    (every one kept: the float32 cumulative sum reaches 1 before the last, tiny scores)."""
     sorted_scores = scores.flatten().sort(descending=True).values
+    if fraction >= 1:
+        return sorted_scores[-1]
     cum = sorted_scores.cumsum(0) / sorted_scores.sum().clamp(min=1e-12)
     idx = int(torch.searchsorted(cum, torch.tensor(fraction, dtype=cum.dtype)).clamp(max=len(cum) - 1))
     return sorted_scores[idx]

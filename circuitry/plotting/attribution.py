@@ -5,6 +5,8 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from circuitry.errors import CircuitryError
+
 POS_RGB, NEG_RGB = "31,119,180", "214,39,40"  # edge colours: lines at half opacity, legend entries solid
 KIND_COLOUR = {"feature": "#4C78A8", "error": "#9D9D9D", "embedding": "#54A24B", "logit": "#E45756"}
 
@@ -68,7 +70,9 @@ def head_loadings_figure(graphs: dict) -> go.Figure:
     """One heatmap per graph: share of attention-carried attribution (influence on the logits) through each (layer, head)."""
     fig = make_subplots(rows=1, cols=len(graphs), subplot_titles=list(graphs), horizontal_spacing=0.08)
     shares = []
-    for graph in graphs.values():
+    for name, graph in graphs.items():
+        if not graph.attention:
+            raise CircuitryError(f"graph {name!r} has no attention split: build it with attribute(..., attention=True)")
         mass = graph.attention.get("influence_mass", graph.attention["mass"]).sum((2, 3))
         shares.append(mass / mass.sum().clamp(min=1e-12))
     top = max(float(s.max()) for s in shares)  # one colour scale for every panel: the one colour bar reads them all

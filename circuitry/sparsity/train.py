@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from circuitry.artifacts import reading
-from circuitry.checkpoint import prepare_run_dir, resume_run, save_checkpoint, trim_log
+from circuitry.checkpoint import nonfinite_loss, prepare_run_dir, resume_run, save_checkpoint, trim_log
 from circuitry.data import check_length, check_same_data, token_source
 from circuitry.distributed import barrier, is_main, mean_over_ranks, rank_and_world, shard, wrap
 from circuitry.errors import CircuitryError
@@ -149,7 +149,7 @@ def sparsify(
                     ((conn + lam * ce) / len(parts)).backward()  # same gradients as conn + λ (CE - target)
                 ce_sum, conn_sum = ce_sum + ce.item() / len(parts), conn_sum + conn.item() / len(parts)
             if mean_over_ranks(float(math.isfinite(ce_sum) and math.isfinite(conn_sum))) < 1:  # all ranks stop together
-                raise CircuitryError(f"non-finite loss at step {step}; last good checkpoint kept at {ckpt}")
+                raise nonfinite_loss(step, ckpt)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             ce_v = mean_over_ranks(ce_sum)  # the global-batch CE: λ stays identical on every rank

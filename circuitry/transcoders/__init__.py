@@ -28,7 +28,7 @@ def train_and_save(model, out: str | Path, cfg: CLTTrainConfig, resume: bool = F
     if not is_main():
         barrier()
         return clt, None
-    quality = evaluate_clt(model, clt, seq_len=cfg.seq_len, data=data)
+    quality = evaluate_clt(model, clt, seq_len=cfg.seq_len, data=data, progress=None if progress else False)
     save_clt(clt, out, model, {**info, "quality": quality.to_dict(), "model": model.cfg.model_name, "command": command})
     (Path(out) / CHECKPOINT).unlink(missing_ok=True)
     barrier()
@@ -40,5 +40,6 @@ def default_clt(model) -> CrossLayerTranscoder:
     info = getattr(model, "circuitry_info", None)
     path = Path(info["path"]) / "clt" if info else None
     if path is None or not (path / "config.yaml").exists():
-        raise CircuitryError(f"model {model.cfg.model_name} has no shipped transcoder; pass --clt DIR (train one with `circuitry clt train`)")
+        raise CircuitryError(f"model {model.cfg.model_name} has no shipped transcoder; train one with `circuitry clt train` "
+                             "and pass its directory (--clt, or --dense-clt / --sparse-clt for compare-graphs)")
     return load_clt(path, model)

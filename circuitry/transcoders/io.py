@@ -58,6 +58,11 @@ def export_tensors(clt: CrossLayerTranscoder) -> dict[str, dict[str, torch.Tenso
     return files
 
 
+def scan_name(model_name: str, cfg: CLTConfig) -> str:
+    """circuit-tracer's name of a transcoder set (config.yaml ``scan``, the graph JSON's ``metadata.scan``)."""
+    return f"circuitry/{model_name}-{'clt' if cfg.cross_layer else 'plt'}"
+
+
 def save_clt(clt: CrossLayerTranscoder, directory: str | Path, model, record: dict[str, Any] | None = None) -> str:
     """Write ``clt`` (trained on ``model``) to ``directory``; returns the transcoder fingerprint."""
     directory = Path(directory)
@@ -69,7 +74,7 @@ def save_clt(clt: CrossLayerTranscoder, directory: str | Path, model, record: di
     config = {
         "model_kind": "cross_layer_transcoder" if clt.cfg.cross_layer else "transcoder_set",
         "model_name": model.cfg.model_name,
-        "scan": f"circuitry/{model.cfg.model_name}-{'clt' if clt.cfg.cross_layer else 'plt'}",
+        "scan": scan_name(model.cfg.model_name, clt.cfg),
         "feature_input_hook": clt.cfg.feature_input_hook,
         "feature_output_hook": clt.cfg.feature_output_hook,
     }
@@ -99,6 +104,9 @@ def load_clt(directory: str | Path, model=None) -> CrossLayerTranscoder:
             tensors, meta = load_tensors(directory / name, kind="transcoder")
             if meta.get("fingerprint") != record["fingerprint"]:
                 raise CircuitryError(f"{directory / name} belongs to a different transcoder than {RECORD}")
+            if meta.get("model_fingerprint") != record["model_fingerprint"]:  # the header, not the editable record, says
+                raise CircuitryError(f"{directory / RECORD}: model fingerprint {record['model_fingerprint']} differs from the one "
+                                     f"{name} was saved with ({meta.get('model_fingerprint')})")  # fmt: skip
             saved = meta.get("config") or {}  # the weights' own header keeps the config they were trained with
             if saved != record["config"]:
                 changed = sorted(k for k in saved.keys() | record["config"].keys() if saved.get(k) != record["config"].get(k))

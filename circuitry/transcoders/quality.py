@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from circuitry.data import token_source
+from circuitry.progress import progress_bar
 from circuitry.transcoders.clt import CrossLayerTranscoder
 from circuitry.transcoders.train import model_activations
 
@@ -23,6 +24,7 @@ class CLTQuality:
     ce_zero_ablation: float  # every MLP output zeroed
     ce_recovered: float  # (ce_zero − ce_replacement) / (ce_zero − ce_original)
     n_tokens: int
+    n_sequences: int | None = None  # held-out sequences measured (fewer than asked when the data is short)
 
     @property
     def mean_explained_variance(self) -> float:
@@ -53,21 +55,24 @@ def replacement_hooks(clt: CrossLayerTranscoder, n_layers: int) -> list[tuple[st
     ]
 
 
-def _ce(model, tokens: Tensor, hooks, batch_size: int) -> float:
+def _ce(model, tokens: Tensor, hooks, batch_size: int, bar) -> float:
     total = 0.0
-    for i in range(0, len(tokens), batch_size):
-        chunk = tokens[i : i + batch_size]
+    for chunk in tokens.split(batch_size):
+        bar.update()
         total += model.run_with_hooks(chunk, return_type="loss", fwd_hooks=hooks).item() * len(chunk)
     return total / len(tokens)
 
 
 @torch.no_grad()
 def evaluate_clt(
-    model, clt: CrossLayerTranscoder, n_sequences: int = 256, batch_size: int = 32, seq_len: int | None = None, data=None
+    model, clt: CrossLayerTranscoder, n_sequences: int = 256, batch_size: int = 32, seq_len: int | None = None, data=None,
+    progress: bool | None = False,
 ) -> CLTQuality:
     """All figures on ``n_sequences`` held-out sequences of ``seq_len`` tokens (default: the model's context) of
-    ``data`` (see :func:`circuitry.data.token_source`; default: the model's synthetic language)."""
+    ``data`` (see :func:`circuitry.data.token_source`; default: the model's synthetic language). ``progress``: a
+    bar over the batches (None: only on a terminal)."""
     tokens = token_source(model, data).heldout(n_sequences, seq_len or model.cfg.n_ctx)
+    bar = progress_bar(total=4 * len(tokens.split(batch_size)), desc="transcoder quality", unit="batch", progress=progress)
     L = model.cfg.n_layers
     err = torch.zeros(L, dtype=torch.float64)
     sq = torch.zeros(L, dtype=torch.float64)
@@ -76,6 +81,7 @@ def evaluate_clt(
     n = 0
     ys = []
     for chunk in tokens.split(batch_size):
+        bar.update()
         x, y = model_activations(model, chunk, clt.cfg.feature_input_hook)
         recon, acts = clt(x)
         x, y, recon, acts = x[:, 1:], y[:, 1:], recon[:, 1:], acts[:, 1:]
@@ -88,9 +94,10 @@ def evaluate_clt(
     mean = torch.stack(ys).sum(0) / n  # [layer, d]
     var = sq - n * mean.pow(2).sum(-1)  # Σ‖y − ȳ‖²
     zero_hooks = [(f"blocks.{l}.hook_mlp_out", lambda y, hook: torch.cat([y[:, :1], torch.zeros_like(y[:, 1:])], 1)) for l in range(L)]
-    ce_orig = _ce(model, tokens, [], batch_size)
-    ce_repl = _ce(model, tokens, replacement_hooks(clt, L), batch_size)
-    ce_zero = _ce(model, tokens, zero_hooks, batch_size)
+    ce_orig = _ce(model, tokens, [], batch_size, bar)
+    ce_repl = _ce(model, tokens, replacement_hooks(clt, L), batch_size, bar)
+    ce_zero = _ce(model, tokens, zero_hooks, batch_size, bar)
+    bar.close()
     return CLTQuality(
         explained_variance=[round(v, 5) for v in (1 - err / var).tolist()],
         nmse=[round(v, 5) for v in (err / sq).tolist()],
@@ -101,4 +108,5 @@ def evaluate_clt(
         ce_zero_ablation=round(ce_zero, 5),
         ce_recovered=round((ce_zero - ce_repl) / (ce_zero - ce_orig), 5),
         n_tokens=n,
+        n_sequences=len(tokens),
     )

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from circuitry.artifacts import reading
-from circuitry.checkpoint import prepare_run_dir, resume_run, save_checkpoint, trim_log
+from circuitry.checkpoint import nonfinite_loss, prepare_run_dir, resume_run, save_checkpoint, trim_log
 from circuitry.data import check_length, check_same_data, token_source
 from circuitry.distributed import barrier, is_main, mean_over_ranks, shard, wrap
 from circuitry.errors import CircuitryError
@@ -169,7 +169,7 @@ def train_clt(
                 loss_sum += loss.item() / len(parts)
                 stats = {k: stats.get(k, 0.0) + v / len(parts) for k, v in part.items()}
             if mean_over_ranks(float(math.isfinite(loss_sum))) < 1:  # every rank stops together
-                raise CircuitryError(f"non-finite CLT loss at step {step}; last good checkpoint kept at {ckpt}")
+                raise nonfinite_loss(step, ckpt, "CLT loss")
             opt.step()
             if step % cfg.log_every == 0 or step == cfg.steps - 1:
                 stats = {k: mean_over_ranks(v) for k, v in stats.items()}

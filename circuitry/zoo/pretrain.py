@@ -19,7 +19,7 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from circuitry.checkpoint import prepare_run_dir, resume_run, save_checkpoint, trim_log
+from circuitry.checkpoint import nonfinite_loss, prepare_run_dir, resume_run, save_checkpoint, trim_log
 from circuitry.errors import CircuitryError
 from circuitry.training import deterministic
 from circuitry.zoo.language import LANGUAGE_OPTIONS, SHIPPED_IOI_SHARE, SyntheticLanguage
@@ -184,7 +184,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False, name: s
             with model.hooks(fwd_hooks=hooks):
                 loss = model(stream.train_batch(cfg.seed, step, cfg.batch_size, cfg.n_ctx), return_type="loss")
             if not torch.isfinite(loss):
-                raise CircuitryError(f"non-finite loss at step {step}; last good checkpoint kept at {ckpt}")
+                raise nonfinite_loss(step, ckpt)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
