@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from circuitry.artifacts import atomic_write_bytes, check_out_dir, load_tensors, reading, save_tensors
+from circuitry.artifacts import atomic_write_bytes, check_finite, check_out_dir, fingerprint, load_tensors, reading, save_tensors
 from circuitry.errors import CircuitryError
 
 
@@ -42,7 +42,13 @@ def save_checkpoint(
         "state": state or {},
         "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars},
     }
-    save_tensors(path, out, meta)
+    save_tensors(path, out, {**meta, "fingerprint": _fingerprint(out, meta)})
+
+
+def _fingerprint(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
+    """Of the tensors and the run state together: a flipped byte anywhere is caught on resume."""
+    header = json.dumps({k: v for k, v in meta.items() if k not in ("fingerprint", "circuitry_version", "format_version")}, sort_keys=True)
+    return fingerprint({**tensors, "checkpoint.meta": torch.frombuffer(bytearray(header.encode()), dtype=torch.uint8)})
 
 
 def load_checkpoint(
@@ -51,6 +57,9 @@ def load_checkpoint(
     """Restore model, optimiser and torch RNG in place; returns (step, state, extra tensors)."""
     with reading(path):  # a hand-edited or foreign checkpoint fails with one line
         tensors, meta = load_tensors(path, kind="checkpoint")
+        if "fingerprint" in meta and _fingerprint(tensors, meta) != meta["fingerprint"]:  # (older checkpoints have none)
+            raise CircuitryError(f"checkpoint {path} does not match its recorded fingerprint (corrupt or modified)")
+        check_finite(tensors, path)
         step, state_out = int(meta["step"]), json.loads(json.dumps(meta["state"]))  # checked before anything changes
         if not isinstance(state_out, dict) or "rng.torch" not in tensors or not isinstance(meta["optimizer"], dict):
             raise KeyError("step, state, optimizer or rng.torch")

@@ -6,6 +6,7 @@ import functools
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -123,6 +124,8 @@ def sparsify_cmd(
     activation_checkpointing: bool = typer.Option(False, "--activation-checkpointing", help="Recompute block activations in the backward pass."),
     lora_rank: int = typer.Option(0, "--lora-rank", help="0: train all weights; r > 0: rank-r LoRA on attention and MLP weights."),
     lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help="LoRA scale alpha / r (default alpha = r)."),
+    fixed_bias: bool = typer.Option(False, "--fixed-bias", help="Keep the per-head gate biases at their initial value (default: learned)."),
+    renormalise: bool = typer.Option(False, "--renormalise", help="Rescale each gated attention row to sum 1 (the paper does not)."),
     name: Optional[str] = typer.Option(None, "--name", help="Model name in meta.json (default: the --out folder's name)."),
     data: Optional[Path] = typer.Option(None, "--data", help=DATA_HELP),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in --out."),
@@ -135,17 +138,24 @@ def sparsify_cmd(
     from circuitry.sparsity import SparsifyConfig, sparsify
     from circuitry.zoo.registry import load_model
 
-    if steps <= 0 or batch_size <= 0 or min(lr, qk_lr, bias_lr) <= 0 or tolerance < 0:
-        raise CircuitryError("--steps, --batch-size and the learning rates must be positive and --tolerance >= 0")
+    for flag, value in (("--steps", steps), ("--batch-size", batch_size), ("--lr", lr), ("--qk-lr", qk_lr), ("--bias-lr", bias_lr)):
+        if not value > 0:
+            raise CircuitryError(f"{flag} must be a positive number, got {value}")
+    if not tolerance >= 0:
+        raise CircuitryError(f"--tolerance must be a number >= 0, got {tolerance}")
     init_from_env()  # under torchrun: join the process group (DDP); otherwise a no-op
     dense = load_model(model)
     if getattr(dense, "gates", None) is not None:
         raise CircuitryError(f"model {model!r} already has gates; start from a dense model")
     cfg = SparsifyConfig(steps=steps, tolerance=tolerance, batch_size=batch_size, lr=lr, qk_lr=qk_lr, bias_lr=bias_lr, seed=seed,
                          seq_len=seq_len, grad_accum=grad_accum, precision=precision, activation_checkpointing=activation_checkpointing,
-                         lora_rank=lora_rank, lora_alpha=lora_alpha)  # fmt: skip
+                         lora_rank=lora_rank, lora_alpha=lora_alpha, learn_bias=not fixed_bias, renormalise=renormalise)  # fmt: skip
     source = None if data is None else TextData.load(data, dense)  # read and tokenized once, for training and the plots
-    sparse, meta = sparsify(dense, out, cfg, resume=resume, name=name or out.name, parent=model, data=source)
+    with warnings.catch_warnings(record=True) as caught:  # shown as one 'warning:' line each, not Python's two
+        warnings.simplefilter("always")
+        sparse, meta = sparsify(dense, out, cfg, resume=resume, name=name or out.name, parent=model, data=source)
+    for w in caught:
+        typer.echo(f"warning: {w.message}", err=True)
     shutdown()  # under torchrun: every rank leaves the process group together; otherwise a no-op
     if meta is None:  # not rank 0 of a torchrun job
         return
@@ -154,7 +164,8 @@ def sparsify_cmd(
         from circuitry.sparsity import connectivity_report
 
         save_figure(training_curves(out / "sparsify_log.jsonl"), out / "plots" / "training_curves")
-        save_figure(head_connectivity(connectivity_report(sparse, data=source, seq_len=seq_len)), out / "plots" / "head_connectivity")
+        report = connectivity_report(sparse, n=cfg.heldout_sequences, data=source, seq_len=seq_len)  # meta.json's sequences
+        save_figure(head_connectivity(report), out / "plots" / "head_connectivity")
     _emit(meta, as_json, [
         f"connectivity {meta['connectivity']:.4f} (floor {meta['floor']:.4f}, "
         f"{meta['connectivity'] / meta['floor']:.2f}x), keys/query {meta['keys_per_query']:.2f}, "

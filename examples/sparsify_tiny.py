@@ -1,8 +1,10 @@
 """Sparsify the default dense model and compare its attention with the dense parent.
 
 Usage:  python examples/sparsify_tiny.py [--steps 1500] [--out runs/example-sparse]
-With the default --steps this reproduces a tiny-sparse-like model (minutes on 2 CPU cores);
-the test suite runs it with --steps 8.
+The default 1,500 steps at tolerance 0 (about 8 min on 2 CPU cores) give a model well on its way, not
+tiny-sparse: connectivity 0.42 (13.56 keys per query) at held-out CE 1.645, where tiny-sparse reaches 0.078
+with 3,500 steps at tolerance 0.005 (its command is in circuitry/zoo/models/tiny-sparse/meta.json).
+The test suite runs it with --steps 8.
 """
 
 import argparse

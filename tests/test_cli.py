@@ -88,6 +88,8 @@ def test_sparsify_and_connectivity_commands(tmp_path):
     meta = json.loads(res.stdout.strip().splitlines()[-1])
     assert meta["kind"] == "sparse" and meta["parent"] == "tiny-dense" and meta["name"] == "sp"  # named after --out
     assert (out / "plots" / "training_curves.html").exists() and (out / "plots" / "head_connectivity.html").exists()
+    # two steps do not bring CE back under the target: a warning line says so (and none when it is met)
+    assert ("the constraint is not met" in res.stderr) == (meta["heldout_ce"] > meta["target_ce"])
     res = runner.invoke(app, ["connectivity", "--model", str(out), "--n", "16", "--json"])
     assert res.exit_code == 0, res.output
     rep = json.loads(res.stdout)
@@ -309,7 +311,9 @@ IOI = {"clean": "When Mary and John went to the store, John gave a drink to", "a
         ("out_is_file", "is a file, not a directory"),
         ("out_under_file", "is a file, not a directory"),
         ("same_pair", "name the same model"),
-        ("nan_lr", "lr must be a finite number"),
+        ("nan_lr", "--lr must be a positive number, got nan"),
+        ("negative_bias_lr", "--bias-lr must be a positive number, got -0.1"),
+        ("lora_alpha_alone", "lora_alpha (--lora-alpha) scales LoRA adapters: it needs lora_rank (--lora-rank) > 0"),
         ("clt_batch_0", "batch_size must be > 0"),
         ("clt_seq_len_0", "sequence length 0 must be between 2 and the model's context 64"),
         ("batch_split", "does not split into 1 process(es) x 2 equal micro-batches"),
@@ -335,6 +339,8 @@ def test_bad_files_and_options_fail_in_one_line_before_any_output(tmp_path, case
         "out_under_file": ["sparsify", "--steps", "2", "--out", str(tmp_path / "file" / "run")],
         "same_pair": ["compare-graphs", "--prompt", "When Mary", "--dense", "tiny-dense", "--sparse", "tiny-dense"],
         "nan_lr": ["sparsify", "--steps", "2", "--out", run, "--lr", "nan"],
+        "negative_bias_lr": ["sparsify", "--steps", "2", "--out", run, "--bias-lr", "-0.1"],
+        "lora_alpha_alone": ["sparsify", "--steps", "2", "--out", run, "--lora-alpha", "8"],
         "clt_batch_0": ["clt", "train", "--steps", "2", "--out", run, "--batch-size", "0"],
         "clt_seq_len_0": ["clt", "train", "--steps", "2", "--out", run, "--seq-len", "0"],
         "batch_split": ["sparsify", "--steps", "2", "--out", run, "--batch-size", "3", "--grad-accum", "2"],

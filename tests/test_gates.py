@@ -183,3 +183,19 @@ def test_fused_noisy_gate_equals_the_unfused_reference():
     assert torch.equal(outs[0], outs[1])
     assert torch.allclose(grads[0][0], grads[1][0]) and torch.allclose(grads[0][1], grads[1][1], atol=1e-7)
     assert torch.isfinite(grads[0][1]).all()
+
+
+def test_connectivity_report_measures_ce_with_the_gates_it_counts():
+    """Its CE is the deterministic-gate model's, whatever mode the gates were left in (train mode is noisy, off
+    is the dense model), and the mode is restored."""
+    from circuitry import load_model
+    from circuitry.sparsity import connectivity_report
+
+    model = load_model("tiny-sparse")
+    reports = {}
+    for mode in ("eval", "train", "off"):
+        model.gates.set_mode(mode)
+        reports[mode] = connectivity_report(model, n=16)
+        assert model.gates.mode == mode
+    assert reports["train"].ce == reports["eval"].ce == reports["off"].ce
+    assert reports["train"].connectivity == reports["eval"].connectivity

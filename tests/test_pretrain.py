@@ -94,3 +94,32 @@ def test_dropout_hooks_drop_gpt2_sites_at_rate_p():
         seen[name] = (x == 0).float().mean().item()
         assert abs(seen[name] - p) < 0.03, seen
     assert not model.hook_dict["blocks.0.hook_mlp_out"]._forward_hooks  # removed after the block
+
+
+def test_a_corrupted_checkpoint_is_refused_before_resuming(tmp_path):
+    """A flipped byte in a tensor, or a NaN written with a matching header: refused in one line, nothing loaded."""
+    from circuitry.artifacts import load_tensors, save_tensors
+    from circuitry.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(64, 64)
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(4, 64)).sum().backward()
+    opt.step()
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, model, opt, 3, {"lam": 1.0})
+    before = model.weight.detach().clone()
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # inside the tensor data, as a disk error would
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CircuitryError, match="does not match its recorded fingerprint"):
+        load_checkpoint(path, model, opt)
+    assert torch.equal(model.weight, before)
+    save_checkpoint(path, model, opt, 3, {"lam": 1.0})
+    tensors, meta = load_tensors(path)
+    tensors["model.weight"][0, 0] = float("nan")
+    save_tensors(path, tensors, {k: v for k, v in meta.items() if k != "fingerprint"})  # no fingerprint: still checked
+    with pytest.raises(CircuitryError, match="non-finite"):
+        load_checkpoint(path, model, opt)
+    save_checkpoint(path, model, opt, 3, {"lam": 1.0})
+    assert load_checkpoint(path, model, opt)[0] == 3  # an intact one loads

@@ -68,6 +68,20 @@ def test_saved_sparse_model_loads_with_deterministic_gates(small_tokenizer, tmp_
     assert all(p.grad is None for p in model.parameters())  # no stale gradients for the caller's next backward
 
 
+def test_fixed_biases_and_renormalised_rows_are_options_that_reload(small_tokenizer, tmp_path):
+    """learn_bias=False keeps every head's bias at bias_init while the weights train; renormalise=True is saved
+    and reloaded with the model (its rows sum to 1); the meta command names both."""
+    cfg = SparsifyConfig(**CFG, learn_bias=False, renormalise=True)
+    model, meta = sparsify(tiny(small_tokenizer), tmp_path / "s", cfg, progress=False)
+    assert torch.all(model.gates.bias == cfg.bias_init) and not model.gates.bias.requires_grad
+    again = load_model(str(tmp_path / "s"))
+    assert again.gates.renormalise and meta["command"].endswith("--fixed-bias --renormalise")
+    x = again.to_tokens("Then, Mary and John went to the park. John gave a ball to")
+    _, cache = again.run_with_cache(x, names_filter="blocks.0.attn.hook_pattern")
+    rows = cache["blocks.0.attn.hook_pattern"].sum(-1)
+    assert torch.allclose(rows[rows > 0], torch.ones(()), atol=1e-5) and torch.equal(again(x), model(x))
+
+
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(small_tokenizer, tmp_path, monkeypatch):
     model = tiny(small_tokenizer)
     calls = {"n": 0}

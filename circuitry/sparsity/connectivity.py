@@ -17,7 +17,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from circuitry.errors import CircuitryError
-from circuitry.sparsity.gates import AttentionGates
+from circuitry.sparsity.gates import AttentionGates, gate_mode
 
 
 def floor(seq_len: int) -> float:
@@ -87,12 +87,8 @@ def measure_connectivity(model, tokens: Tensor, valid: Bool[Tensor, "batch pos"]
             kept += n_pairs
             pairs += n_pairs
             continue
-        mode = gates.mode
-        gates.set_mode("eval")
-        try:
+        with gate_mode(model, "eval"):
             model(chunk)
-        finally:
-            gates.set_mode(mode)
         for layer, logits in gates.last_logits.items():
             kept[layer] += ((logits > 0) & pair_mask(logits, v)).sum((0, 2, 3)).double()
             pairs[layer] += n_pairs
@@ -126,7 +122,8 @@ def connectivity_report(model, task=None, n: int = 256, seed: int = 1, data=None
     if task is None:
         stream = token_source(model, data)
         report = measure_connectivity(model, stream.heldout(n, seq_len or model.cfg.n_ctx))
-        report.ce = round(heldout_ce(model, stream, n, length=seq_len), 5)
+        with gate_mode(model, "eval"), torch.no_grad():  # the CE of the model whose connectivity is reported
+            report.ce = round(heldout_ce(model, stream, n, length=seq_len), 5)
         return report
     batch = task.tokenize(task.pairs(n, seed))
     valid = torch.arange(batch.clean.shape[1])[None, :] <= batch.answer_pos[:, None]

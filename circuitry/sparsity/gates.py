@@ -17,7 +17,8 @@ sigmoid'(-inf) is 0, so every gradient stays finite (tested).
 
 from __future__ import annotations
 
-from typing import Literal
+from contextlib import contextmanager
+from typing import Iterator, Literal
 
 import numpy as np
 import torch
@@ -131,6 +132,21 @@ def attach_gates(
             gates._handles.append((point, point.fwd_hooks[-1]))
     model.gates = gates  # registers the biases as model parameters
     return gates
+
+
+@contextmanager
+def gate_mode(model, mode: GateMode = "eval") -> Iterator[None]:
+    """Run ``model``'s gates in ``mode`` (default: deterministic) inside the block, then restore their mode; a model
+    without gates is left as it is."""
+    gates = getattr(model, "gates", None)
+    before = gates.mode if gates is not None else None
+    if gates is not None:
+        gates.set_mode(mode)
+    try:
+        yield
+    finally:
+        if gates is not None:
+            gates.set_mode(before)
 
 
 def detach_gates(model) -> AttentionGates | None:

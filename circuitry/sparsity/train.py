@@ -15,6 +15,7 @@ import math
 import os
 import shlex
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -58,6 +59,8 @@ class SparsifyConfig:
     tolerance: float = 0.0
     target_ce: float | None = None  # None: dense held-out CE x (1 + tolerance)
     bias_init: float = 5.0  # gates start open: sigmoid(score + 5) ~ 1 for most edges
+    learn_bias: bool = True  # False: the per-head biases stay at bias_init (only q/k and the weights move the gates)
+    renormalise: bool = False  # rescale each gated attention row to sum 1 (the paper does not)
     lambda_init: float = 100.0  # start CE-dominated; λ falls while CE is under target
     dual_lr: float = 0.3  # η of the multiplicative dual update
     lambda_max: float = 1e4
@@ -80,6 +83,8 @@ class SparsifyConfig:
                      non_negative=("tolerance", "ema", "lora_rank"))  # fmt: skip
         if self.ema >= 1:
             raise CircuitryError(f"ema must be < 1, got {self.ema}")
+        if self.lora_alpha is not None and not self.lora_rank:
+            raise CircuitryError("lora_alpha (--lora-alpha) scales LoRA adapters: it needs lora_rank (--lora-rank) > 0")
 
 
 def sparsify(
@@ -101,7 +106,7 @@ def sparsify(
     ckpt = prepare_run_dir(out, resume, CHECKPOINT)
     dense_ce = heldout_ce(model, stream, cfg.heldout_sequences, length=ctx)
     target = cfg.target_ce if cfg.target_ce is not None else dense_ce * (1 + cfg.tolerance)
-    gates = attach_gates(model, bias_init=cfg.bias_init, mode="train")
+    gates = attach_gates(model, bias_init=cfg.bias_init, mode="train", renormalise=cfg.renormalise, learn_bias=cfg.learn_bias)
     rank, world = rank_and_world()
     if cfg.lora_rank:
         torch.manual_seed(cfg.seed)  # adapter initialisation
@@ -154,7 +159,8 @@ def sparsify(
             opt.step()
             ce_v = mean_over_ranks(ce_sum)  # the global-batch CE: λ stays identical on every rank
             ce_ema = ce_v if ce_ema is None else cfg.ema * ce_ema + (1 - cfg.ema) * ce_v
-            lam = min(cfg.lambda_max, max(1e-6, lam * math.exp(cfg.dual_lr * (ce_ema - target))))
+            # exponent capped: a finite but huge CE (a diverging run) would overflow math.exp; λ is capped anyway
+            lam = min(cfg.lambda_max, max(1e-6, lam * math.exp(min(cfg.dual_lr * (ce_ema - target), 50.0))))
             if step % cfg.log_every == 0 or step == cfg.steps - 1:
                 rec = {"step": step, "ce": round(ce_v, 5), "ce_ema": round(ce_ema, 5), "connectivity": round(mean_over_ranks(conn_sum), 6),
                        "lambda": lam, "target": round(target, 5), "seconds": round(time.time() - t0, 1)}  # fmt: skip
@@ -178,6 +184,9 @@ def sparsify(
     model.eval()
     gates.set_mode("eval")
     sparse_ce = heldout_ce(model, stream, cfg.heldout_sequences, length=ctx)
+    if sparse_ce > target:
+        warnings.warn(f"held-out CE {sparse_ce:.4f} is above the target {target:.4f}: the constraint is not met (train longer, "
+                      "or with lower learning rates)", stacklevel=2)  # fmt: skip
     report = measure_connectivity(model, stream.heldout(cfg.heldout_sequences, ctx))
     meta = {
         "name": name,
@@ -213,4 +222,5 @@ def _scale_flags(cfg: SparsifyConfig) -> str:
              "--precision": cfg.precision if cfg.precision != "auto" else None, "--lora-rank": cfg.lora_rank or None,
              "--lora-alpha": cfg.lora_alpha}  # fmt: skip
     out = "".join(f" {k} {v}" for k, v in flags.items() if v is not None)
-    return out + (" --activation-checkpointing" if cfg.activation_checkpointing else "")
+    switches = {"--activation-checkpointing": cfg.activation_checkpointing, "--fixed-bias": not cfg.learn_bias, "--renormalise": cfg.renormalise}
+    return out + "".join(f" {k}" for k, on in switches.items() if on)
