@@ -179,7 +179,7 @@ def connectivity_cmd(
     model: str = typer.Option("tiny-sparse", "--model"),
     task: Optional[str] = typer.Option(None, "--task", help="Measure on this task's clean prompts instead of held-out text."),
     n: int = typer.Option(1024, "--n", help="Held-out sequences (or task prompts)."),
-    seed: int = typer.Option(1, "--seed"),
+    seed: int = typer.Option(1, "--seed", help="Seed of the --task prompts (held-out text is fixed)."),
     data: Optional[Path] = typer.Option(None, "--data", help=DATA_HELP),
     out: Optional[Path] = typer.Option(None, "--out", help="Directory for the per-head plot (head_connectivity_<model>.html)."),
     as_json: bool = typer.Option(False, "--json"),
@@ -194,7 +194,7 @@ def connectivity_cmd(
     if task is not None:
         check_task_name(task)
     m = load_model(model)
-    report = connectivity_report(m, get_task(task, m) if task else None, n=n, seed=seed, data=data)
+    report = connectivity_report(m, get_task(task, m) if task else None, n=n, seed=seed, data=data, progress=None)
     result = {**report.to_dict(), "model": model, "task": task, "data": None if data is None else str(data)}
     if out is not None:
         from circuitry.plotting import head_connectivity, save_figure

@@ -17,6 +17,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from circuitry.errors import CircuitryError
+from circuitry.progress import progress_bar
 from circuitry.sparsity.gates import AttentionGates, gate_mode
 
 
@@ -69,14 +70,16 @@ class ConnectivityReport:
 
 
 @torch.no_grad()
-def measure_connectivity(model, tokens: Tensor, valid: Bool[Tensor, "batch pos"] | None = None, batch_size: int = 64) -> ConnectivityReport:
-    """Deterministic-gate connectivity of ``model`` on ``tokens`` (a model without gates keeps all edges)."""
+def measure_connectivity(model, tokens: Tensor, valid: Bool[Tensor, "batch pos"] | None = None, batch_size: int = 64,
+                         progress: bool | None = False) -> ConnectivityReport:  # fmt: skip
+    """Deterministic-gate connectivity of ``model`` on ``tokens`` (a model without gates keeps all edges).
+    ``progress``: a bar over the batches (None: only on a terminal)."""
     cfg = model.cfg
     gates: AttentionGates | None = getattr(model, "gates", None)
     kept = torch.zeros(cfg.n_layers, cfg.n_heads, dtype=torch.float64)
     pairs = torch.zeros(cfg.n_layers, dtype=torch.float64)
     queries = 0.0
-    for start in range(0, tokens.shape[0], batch_size):
+    for start in progress_bar(range(0, tokens.shape[0], batch_size), desc="connectivity", unit="batch", progress=progress):
         chunk = tokens[start : start + batch_size]
         v = valid[start : start + batch_size] if valid is not None else torch.ones_like(chunk, dtype=torch.bool)
         n_q = float(v.sum())
@@ -108,10 +111,12 @@ def measure_connectivity(model, tokens: Tensor, valid: Bool[Tensor, "batch pos"]
     )
 
 
-def connectivity_report(model, task=None, n: int = 256, seed: int = 1, data=None, seq_len: int | None = None) -> ConnectivityReport:
+def connectivity_report(model, task=None, n: int = 256, seed: int = 1, data=None, seq_len: int | None = None,
+                        progress: bool | None = False) -> ConnectivityReport:  # fmt: skip
     """Connectivity on ``n`` held-out sequences of ``seq_len`` tokens (default: the model's context; with held-out CE)
     of ``data`` (see :func:`circuitry.data.token_source`; default: the model's synthetic language), or on ``n`` clean
-    prompts of ``task``."""
+    prompts of ``task`` (drawn with ``seed``; the held-out text is fixed). ``progress``: as for
+    :func:`measure_connectivity`."""
     from circuitry.data import token_source
     from circuitry.zoo.pretrain import heldout_ce
 
@@ -121,10 +126,10 @@ def connectivity_report(model, task=None, n: int = 256, seed: int = 1, data=None
         raise CircuitryError("measure on a task's prompts or on data, not both")
     if task is None:
         stream = token_source(model, data)
-        report = measure_connectivity(model, stream.heldout(n, seq_len or model.cfg.n_ctx))
+        report = measure_connectivity(model, stream.heldout(n, seq_len or model.cfg.n_ctx), progress=progress)
         with gate_mode(model, "eval"), torch.no_grad():  # the CE of the model whose connectivity is reported
             report.ce = round(heldout_ce(model, stream, n, length=seq_len), 5)
         return report
     batch = task.tokenize(task.pairs(n, seed))
     valid = torch.arange(batch.clean.shape[1])[None, :] <= batch.answer_pos[:, None]
-    return measure_connectivity(model, batch.clean, valid)
+    return measure_connectivity(model, batch.clean, valid, progress=progress)
