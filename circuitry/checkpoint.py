@@ -103,7 +103,7 @@ def prepare_run_dir(out: str | Path, resume: bool, name: str = "checkpoint.safet
 def nonfinite_loss(step: int, ckpt: Path, what: str = "loss") -> CircuitryError:
     """The error that stops a run whose loss became NaN or infinite: it names the checkpoint to resume from only
     when one was written (none is, before the first checkpoint interval)."""
-    kept = f"last good checkpoint kept at {ckpt}" if ckpt.exists() else f"no checkpoint was written before it (nothing in {ckpt.parent} to resume)"
+    kept = f"last good checkpoint kept at {ckpt}" if ckpt.exists() else f"no checkpoint was written before it (nothing in {ckpt.parent} to resume)"  # fmt: skip
     return CircuitryError(f"non-finite {what} at step {step}; {kept}")
 
 

@@ -76,7 +76,8 @@ def _discover_models(task: str, models: list[str], seeds: list[int], corruption:
         for run, seed in zip(runs, seeds):
             with warnings.catch_warnings(record=True) as caught:  # shown as one 'warning:' line each, not Python's two
                 warnings.simplefilter("always")
-                run[name] = _discover(model, t, fingerprint, method, n_prompts, seed, ablation=ablation, ig_steps=ig_steps, selection=selection, progress=None)
+                run[name] = _discover(model, t, fingerprint, method, n_prompts, seed, ablation=ablation, ig_steps=ig_steps,
+                                      selection=selection, progress=None)  # fmt: skip
             for w in caught:
                 typer.echo(f"warning: {name}, seed {seed}: {w.message}", err=True)
     if out is not None:

@@ -67,6 +67,7 @@ def graph_summary(graph: AttributionGraph) -> dict[str, Any]:
     nodes = graph.node_mask if graph.node_mask is not None else graph.adjacency.abs().sum(0) + graph.adjacency.abs().sum(1) > 0
     edges = graph.edge_mask if graph.edge_mask is not None else graph.adjacency != 0
     att = graph.info.get("attention", {})
+    texts = graph.info.get("logit_texts", [None] * len(graph.logit_tokens))  # (graphs saved before it was recorded)
     return {
         "prompt": graph.prompt,
         "nodes": int(nodes.sum()),
@@ -81,8 +82,7 @@ def graph_summary(graph: AttributionGraph) -> dict[str, Any]:
         "head_key_pairs_80_raw": att.get("head_key_pairs_80_raw"),
         "edge_heads_80_median": att.get("edge_heads_80_median"),
         "edge_head_key_pairs_80_median": att.get("edge_head_key_pairs_80_median"),
-        "top_logits": [{"token": t, "text": text, "prob": round(p, 5)}
-                       for t, text, p in zip(graph.logit_tokens, graph.info.get("logit_texts", [None] * len(graph.logit_tokens)), graph.logit_probs)],
+        "top_logits": [{"token": t, "text": text, "prob": round(p, 5)} for t, text, p in zip(graph.logit_tokens, texts, graph.logit_probs)],
         "seconds": graph.info.get("seconds"),
     }
 
@@ -101,7 +101,8 @@ def compare_graphs(pairs: dict[str, tuple[Any, Any]], prompts: list[str], progre
         out["models"][name] = {k: _median([r[k] for r in per]) for k in keys} | {"per_prompt": per}
     if len(pairs) == 2:
         a, b = (out["models"][n] for n in pairs)
-        out["ratios"] = {k: round(a[k] / b[k], 3) if b[k] else None for k in ("nodes", "edges", "heads_80", "head_key_pairs_80", "heads_80_raw", "head_key_pairs_80_raw", "edge_head_key_pairs_80_median")}
+        ratio_keys = ("nodes", "edges", "heads_80", "head_key_pairs_80", "heads_80_raw", "head_key_pairs_80_raw", "edge_head_key_pairs_80_median")
+        out["ratios"] = {k: round(a[k] / b[k], 3) if b[k] else None for k in ratio_keys}
     return out
 
 

@@ -222,5 +222,6 @@ def _scale_flags(cfg: SparsifyConfig) -> str:
              "--precision": cfg.precision if cfg.precision != "auto" else None, "--lora-rank": cfg.lora_rank or None,
              "--lora-alpha": cfg.lora_alpha}  # fmt: skip
     out = "".join(f" {k} {v}" for k, v in flags.items() if v is not None)
-    switches = {"--activation-checkpointing": cfg.activation_checkpointing, "--fixed-bias": not cfg.learn_bias, "--renormalise": cfg.renormalise}
+    switches = {"--activation-checkpointing": cfg.activation_checkpointing, "--fixed-bias": not cfg.learn_bias,
+                "--renormalise": cfg.renormalise}  # fmt: skip
     return out + "".join(f" {k}" for k, on in switches.items() if on)
