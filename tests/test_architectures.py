@@ -134,7 +134,10 @@ def test_attribution_graph_is_exact(arch):
     clt = CrossLayerTranscoder(CLTConfig(model.cfg.n_layers, model.cfg.d_model, 4, threshold_init=0.5, feature_input_hook=input_hook(model)))
     with torch.no_grad():
         clt.b_enc.normal_(0.0, 0.2)
-    graph = build_graph(model, clt, tokens(model, 8)[0], max_logits=2, batch_size=128)
+    ids = tokens(model, 8)[0]
+    if getattr(model.tokenizer, "bos_token_id", None) is not None:
+        ids[0] = model.tokenizer.bos_token_id  # position 0 is BOS (build_graph refuses ids without it)
+    graph = build_graph(model, clt, ids, max_logits=2, batch_size=128)
     assert graph.n_features > 0
     actual, const = target_values(model, clt, graph)
     rows = torch.cat([torch.arange(graph.n_features), torch.arange(len(graph.logit_tokens)) + graph.slices()["logits"].start])
