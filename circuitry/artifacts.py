@@ -46,12 +46,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def check_out_dir(path: str | os.PathLike) -> Path:
-    """Refuse an output directory that is an existing file or lies under one, before any work is done."""
+    """Refuse, before any work is done, an empty name, an output directory that is an existing file or lies under
+    one, and one whose nearest existing folder cannot hold a new folder (tried with a temporary one)."""
+    if str(path).strip() == "":
+        raise CircuitryError("the output directory is an empty name")
     path = Path(path)
     for p in (path, *path.parents):
         if p.exists():
             if not p.is_dir():
                 raise CircuitryError(f"cannot write to {path}: {p} is a file, not a directory")
+            try:
+                os.rmdir(tempfile.mkdtemp(prefix=".circuitry-check-", dir=p))
+            except OSError as e:
+                raise CircuitryError(f"cannot write to {path}: {e.strerror or e} in {p}") from None
             break
     return path
 

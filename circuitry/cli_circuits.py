@@ -125,6 +125,7 @@ def _discovery_report(task: str, method: str, runs: list[dict], pair: tuple[str,
     """One seed: the table and ``{"task", "method", "models", ratios}``. Several: each seed's table, then the
     median ratios; JSON keeps the first seed's fields at the top level and adds ``per_seed`` and ``median``."""
     from circuitry.circuits import median_ratios
+    from circuitry.circuits.discover import RATIO_KEYS
 
     reports = [_run_report(run, pair) for run in runs]
     r = next(iter(runs[0].values()))
@@ -138,6 +139,7 @@ def _discovery_report(task: str, method: str, runs: list[dict], pair: tuple[str,
         obj["per_seed"] = [o for o, _, _ in reports]
         if pair is not None:
             obj["median"] = median_ratios(obj["per_seed"])
+            obj.update({k: obj["median"][k] for k in RATIO_KEYS})  # the headline ratios are the medians, as printed
             m = obj["median"]
             lines.append(f"median over {len(runs)} seeds, dense/sparse at f>=0.9: edges x{m['edge_ratio_at_0.9']}, "
                          f"heads x{m['head_ratio_at_0.9']}; at f>=0.8: edges x{m['edge_ratio_at_0.8']}, heads x{m['head_ratio_at_0.8']}")  # fmt: skip
@@ -163,6 +165,8 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
     ) -> None:
         """Circuit discovery with faithfulness by patched forwards; dense vs sparse side by side by default."""
         _check_options(task, method, n_prompts, ablation, selection, ig_steps, repeats)
+        if model is not None and not model.strip():
+            raise CircuitryError("--model is an empty name")
         models = [model] if model else ["tiny-dense", "tiny-sparse"]
         runs = _discover_models(task, models, list(range(seed, seed + repeats)), corruption, out, method=method,
                                 n_prompts=n_prompts, ablation=ablation, selection=selection, ig_steps=ig_steps)  # fmt: skip
@@ -202,6 +206,7 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
         corruption: Optional[str] = typer.Option(None, "--corruption", help="Corruption (default: the one it was found with)."),
         ablation: Optional[str] = typer.Option(None, "--ablation", help="corrupt, mean or zero (default: the one it was found with)."),
         n_prompts: int = typer.Option(100, "--n-prompts"),
+        target: float = typer.Option(0.9, "--target", help="Which saved circuit: the one found at f >= TARGET."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Prompt seed (default: the discovery's seed + 2, prompts it has not seen)."),
         allow_other_model: bool = typer.Option(False, "--allow-other-model", help="Apply a circuit found on other weights."),
         out: Optional[Path] = typer.Option(None, "--out", help="Directory for circuit_eval.json and the circuit's figure."),
@@ -211,7 +216,7 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
         from circuitry.artifacts import read_json, reading
         from circuitry.circuits import as_multi_head, faithfulness, load_circuit
         from circuitry.circuits.patching import check_ablation
-        from circuitry.tasks import check_task_name, get_task
+        from circuitry.tasks import TASKS, check_task_name, get_task
         from circuitry.zoo.registry import load_model
 
         if n_prompts <= 0:
@@ -220,20 +225,31 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
         with reading(circuit):
             if not isinstance(record, dict) or not any(str(k).startswith("circuit_at_") for k in record):
                 raise CircuitryError(f"{circuit} is not a circuit file (written by discover / compare --out)")
-            model = model or record["model"]
+            model = record["model"] if model is None else model
             own_task = record.get("task_file") or record["task"]  # a custom task by its file
-            task = task or own_task
-            corruption = corruption or (record.get("corruption") if task == own_task else None)
-            ablation = ablation or record.get("ablation", "corrupt")
+            task = own_task if task is None else task
+            corruption = (record.get("corruption") if task == own_task else None) if corruption is None else corruption
+            ablation = record.get("ablation", "corrupt") if ablation is None else ablation
             seed = record.get("seed", 0) + 2 if seed is None else seed
         check_ablation(ablation)
+        if task == own_task and not record.get("task_file") and task not in TASKS:
+            raise CircuitryError(f"{circuit} was found on task {task!r}, built in Python (no task file recorded); "
+                                 "write its records to a .jsonl file and pass --task FILE")  # fmt: skip
         check_task_name(task)
         given = load_model(model)
-        c = load_circuit(circuit, given, allow_other_model=allow_other_model)  # its fingerprint: the model as given
+        c = load_circuit(circuit, given, target=target, allow_other_model=allow_other_model)  # its fingerprint: the model as given
         m = as_multi_head(given)  # grouped-query models: the multi-head equivalent the circuit's graph is of
         t = get_task(task, m, corruption)
         result = faithfulness(m, t, c.graph, c, ablation, n=n_prompts, seed=seed)
-        n_prompts = len(t.pairs(n_prompts, seed))  # a task file may hold fewer
+        pairs = t.pairs(n_prompts, seed)
+        n_prompts = len(pairs)  # a task file may hold fewer
+        if t.name == record.get("task") and t.corruption == record.get("corruption"):  # prompts the discovery used
+            found, used = record.get("seed", 0), record.get("n_prompts", 0)
+            seen = {(p.clean, p.corrupt) for s_ in (found, found + 1) for p in t.pairs(used, s_)} if used else set()
+            shared = sum((p.clean, p.corrupt) in seen for p in pairs)
+            if shared:
+                typer.echo(f"warning: {shared} of the {n_prompts} prompts were also used to find this circuit (task {t.name!r} "
+                           "draws from a small set of prompts), so f is partly in-sample", err=True)  # fmt: skip
         obj = {"circuit": str(circuit), "found_on": record.get("model"), "model": model, "task": t.name, "corruption": t.corruption,
                "ablation": ablation, "n_prompts": n_prompts, "seed": seed, "f": round(result.f, 5), "m_circuit": round(result.m_circuit, 5),
                "m_full": round(result.m_full, 5), "m_empty": round(result.m_empty, 5), "edges": c.n_edges, "heads": c.n_heads, "mlps": c.n_mlps}  # fmt: skip

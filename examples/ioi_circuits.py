@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 from circuitry import get_task, load_model
-from circuitry.artifacts import atomic_write_json
 from circuitry.circuits import compare, discover
 from circuitry.plotting import circuit_graph, faithfulness_curves, save_figure
 
@@ -24,7 +23,7 @@ for name in ("tiny-dense", "tiny-sparse"):
     model = load_model(name)
     results[name] = discover(model, get_task("ioi", model), args.method, args.n_prompts, seed=0)
     circuit = results[name].circuit(0.9)
-    atomic_write_json(args.out / f"{name}.json", {**results[name].to_dict(), "circuit_at_0.9": circuit.to_dict() if circuit else None})
+    results[name].save(args.out / f"circuit_{name}.json")  # what discover --out writes; circuitry circuit-eval reads it
     if circuit is not None:
         save_figure(circuit_graph(circuit, title=f"{name}, IOI ({args.method}, f >= 0.9)"), args.out / f"circuit_{name}")
     print(name, json.dumps({k: results[name].to_dict()[k] for k in ("edges_at_0.9", "heads_at_0.9", "edges_at_0.8", "heads_at_0.8")}))

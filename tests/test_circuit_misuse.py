@@ -60,3 +60,17 @@ def test_discover_counts_faithfulness_prompts_that_were_also_scored(dense, tmp_p
         d = discover(dense, str(path), n_prompts=100, grid_points=4)
     assert d.eval_prompts_scored == d.n_prompts == 6 and d.to_dict()["eval_prompts_scored"] == 6
     assert discover(dense, "ioi", n_prompts=20, grid_points=4).eval_prompts_scored == 0  # a task name works too
+
+
+def test_discover_warns_when_the_model_does_not_do_the_task():
+    """Answer and wrong answer swapped: the clean run scores below the corrupted one, so f has no meaning; discover
+    says so (the swapped task is a file a user could write)."""
+    from circuitry import load_model
+    from circuitry.tasks import CustomTask
+
+    model = load_model("tiny-dense")
+    pairs = get_task("ioi", model).pairs(8, 0)
+    swapped = [{"clean": p.clean, "corrupt": p.corrupt, "answer": p.wrongs[0], "wrong": p.answers[0]} for p in pairs]
+    with pytest.warns(UserWarning, match="is not above m\\(empty\\).*does not do task 'swapped'"):
+        found = discover(model, CustomTask.from_records(swapped, model, name="swapped"), "eap", n_prompts=8)
+    assert found.curve.m_full < found.curve.m_empty

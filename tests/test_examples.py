@@ -1,5 +1,6 @@
 """The notebooks and example scripts run end to end (small settings)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -43,6 +44,9 @@ def test_sparse_attention_notebook_runs(monkeypatch):
 
 def test_ioi_circuits_example_runs(tmp_path):
     assert "dense/sparse:" in run_example("ioi_circuits.py", "--n-prompts", "10", "--out", str(tmp_path / "c"))
+    for name in ("tiny-dense", "tiny-sparse"):  # the files discover --out writes, with what circuit-eval checks
+        record = json.loads((tmp_path / "c" / f"circuit_{name}.json").read_text())
+        assert record["model_fingerprint"] and record["circuitry_version"] and "circuit_at_0.9" in record
     assert (tmp_path / "c" / "faithfulness_curves.html").exists()
 
 

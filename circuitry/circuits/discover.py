@@ -183,6 +183,9 @@ def _discover(model, task: Task | str, fingerprint: str, method: str = "eap-loca
         model, task, graph, scores, ablation, default_grid(graph.n_edges, grid_points), n=n_prompts, seed=seed + 1, batch_size=batch_size,
         selection=selection, progress=progress,
     )
+    if curve.m_full <= curve.m_empty:
+        warnings.warn(f"m(full) {curve.m_full:.3f} is not above m(empty) {curve.m_empty:.3f}: the model does not do task {task.name!r} "
+                      "better on clean than on corrupted prompts, so faithfulness measures nothing here", stacklevel=3)  # fmt: skip
     shared = shared_prompts(task, n_prompts, seed)
     if shared:
         warnings.warn(

@@ -133,7 +133,7 @@ class Task(ABC):
 
     def __init__(self, model_or_tokenizer, corruption: str | None = None):
         self.view = TokenView(model_or_tokenizer)
-        corruption = corruption or self.corruptions[0]
+        corruption = self.corruptions[0] if corruption is None else corruption  # "" is a bad name, not the default
         if corruption not in self.corruptions:
             raise CircuitryError(
                 f"task {self.name!r} has no corruption {corruption!r}; choose from {', '.join(self.corruptions)}"
