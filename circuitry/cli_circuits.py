@@ -123,7 +123,8 @@ def _run_report(results: dict, pair: tuple[str, str] | None) -> tuple[dict, list
 
 def _discovery_report(task: str, method: str, runs: list[dict], pair: tuple[str, str] | None, as_json: bool, emit) -> None:
     """One seed: the table and ``{"task", "method", "models", ratios}``. Several: each seed's table, then the
-    median ratios; JSON keeps the first seed's fields at the top level and adds ``per_seed`` and ``median``."""
+    median ratios; JSON keeps the first seed's ``models`` at the top level, gives the median ratios there (as printed) and
+    adds ``per_seed`` and ``median`` (with the undefined counts)."""
     from circuitry.circuits import median_ratios
     from circuitry.circuits.discover import RATIO_KEYS
 
