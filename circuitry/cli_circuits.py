@@ -216,6 +216,7 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
         """Faithfulness of a saved circuit on fresh prompts, on its own model or another one (e.g. its sparse version)."""
         from circuitry.artifacts import read_json, reading
         from circuitry.circuits import as_multi_head, faithfulness, load_circuit
+        from circuitry.circuits.discover import count_shared
         from circuitry.circuits.patching import check_ablation
         from circuitry.tasks import TASKS, check_task_name, get_task
         from circuitry.zoo.registry import load_model
@@ -246,8 +247,7 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
         n_prompts = len(pairs)  # a task file may hold fewer
         if t.name == record.get("task") and t.corruption == record.get("corruption"):  # prompts the discovery used
             found, used = record.get("seed", 0), record.get("n_prompts", 0)
-            seen = {(p.clean, p.corrupt) for s_ in (found, found + 1) for p in t.pairs(used, s_)} if used else set()
-            shared = sum((p.clean, p.corrupt) in seen for p in pairs)
+            shared = count_shared(pairs, t.pairs(used, found), t.pairs(used, found + 1)) if used else 0  # scored, evaluated
             if shared:
                 typer.echo(f"warning: {shared} of the {n_prompts} prompts were also used to find this circuit (task {t.name!r} "
                            "draws from a small set of prompts), so f is partly in-sample", err=True)  # fmt: skip

@@ -203,8 +203,13 @@ def _discover(model, task: Task | str, fingerprint: str, method: str = "eap-loca
 
 def shared_prompts(task: Task, n_prompts: int, seed: int) -> int:
     """How many of the pairs of ``seed + 1`` (faithfulness) are also among those of ``seed`` (scoring)."""
-    scored = {(p.clean, p.corrupt) for p in task.pairs(n_prompts, seed)}
-    return sum((p.clean, p.corrupt) in scored for p in task.pairs(n_prompts, seed + 1))
+    return count_shared(task.pairs(n_prompts, seed + 1), task.pairs(n_prompts, seed))
+
+
+def count_shared(pairs: list, *seen: list) -> int:
+    """How many of ``pairs`` (task pairs) are also in one of the ``seen`` lists: the same clean and corrupt prompt."""
+    known = {(p.clean, p.corrupt) for drawn in seen for p in drawn}
+    return sum((p.clean, p.corrupt) in known for p in pairs)
 
 
 def auto_batch_size(model, task: Task, graph: Graph, n_prompts: int, seed: int = 0, budget_bytes: int = 2**30) -> int:
