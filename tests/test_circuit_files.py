@@ -1,16 +1,21 @@
-"""A discovered circuit saved to JSON and read back: same edges and scores, same faithfulness, checks on load."""
+"""A discovered circuit saved to JSON and read back: same edges and scores, same faithfulness, checks on load, and
+`circuitry circuit-eval` on saved files."""
 
 import json
 import re
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from circuitry import get_task, load_model
 from circuitry.circuits import Graph, discover, faithfulness, load_circuit
+from circuitry.cli import app
 from circuitry.errors import CircuitryError
 from circuitry.zoo.registry import build_model
 from tests.random_models import BASE
+
+runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +72,32 @@ def test_loading_checks_the_model_the_graph_and_the_file(dense, saved, tmp_path)
     (tmp_path / "cut.json").write_text(path.read_text()[:100])
     with pytest.raises(CircuitryError, match="not valid JSON"):
         load_circuit(tmp_path / "cut.json", dense)
+
+
+def test_circuit_eval_finds_a_custom_task_by_its_file(tmp_path):
+    dense = load_model("tiny-dense")
+    pairs = get_task("ioi", dense).pairs(12, 0)
+    task = tmp_path / "myioi.jsonl"
+    task.write_text("\n".join(json.dumps({"clean": p.clean, "corrupt": p.corrupt, "answer": list(p.answers), "wrong": list(p.wrongs)}) for p in pairs))
+    args = ["discover", "--task", str(task), "--model", "tiny-dense", "--n-prompts", "12", "--method", "eap", "--out", str(tmp_path / "d")]
+    assert runner.invoke(app, args).exit_code == 0
+    res = runner.invoke(app, ["circuit-eval", str(tmp_path / "d" / "circuit_tiny-dense.json"), "--n-prompts", "12", "--json"])
+    assert res.exit_code == 0, res.output
+    ev = json.loads(res.stdout)
+    assert ev["task"] == "myioi" and ev["corruption"] == "file" and 0 <= ev["f"] <= 1.5
+    # the file's 12 records are all the task has: the "fresh" seed draws the prompts the circuit was found on
+    assert "12 of the 12 prompts were also used to find this circuit" in res.stderr
+    res = runner.invoke(app, ["circuit-eval", str(tmp_path / "d" / "circuit_tiny-dense.json"), "--target", "0.8", "--json"])
+    assert res.exit_code == 1 and "holds no 'circuit_at_0.8'" in res.stderr  # discover --out saves the f >= 0.9 circuit
+
+
+def test_circuit_eval_of_a_python_built_task_asks_for_its_file(tmp_path):
+    from circuitry.circuits import discover
+    from circuitry.tasks import CustomTask
+
+    dense = load_model("tiny-dense")
+    records = [{"clean": p.clean, "corrupt": p.corrupt, "answer": p.answers[0], "wrong": p.wrongs[0]} for p in get_task("ioi", dense).pairs(8, 0)]
+    found = discover(dense, CustomTask.from_records(records, dense, name="mine"), "eap", n_prompts=8)
+    found.save(tmp_path / "c.json")
+    res = runner.invoke(app, ["circuit-eval", str(tmp_path / "c.json")])
+    assert res.exit_code == 1 and "built in Python (no task file recorded); write its records to a .jsonl file" in res.stderr

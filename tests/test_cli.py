@@ -172,35 +172,6 @@ def test_discover_single_model_json_and_files(tmp_path):
     assert res.exit_code == 1 and res.stderr.startswith("error: ") and "not valid JSON" in res.stderr
 
 
-def test_circuit_eval_finds_a_custom_task_by_its_file(tmp_path):
-    dense = load_model("tiny-dense")
-    pairs = get_task("ioi", dense).pairs(12, 0)
-    task = tmp_path / "myioi.jsonl"
-    task.write_text("\n".join(json.dumps({"clean": p.clean, "corrupt": p.corrupt, "answer": list(p.answers), "wrong": list(p.wrongs)}) for p in pairs))
-    args = ["discover", "--task", str(task), "--model", "tiny-dense", "--n-prompts", "12", "--method", "eap", "--out", str(tmp_path / "d")]
-    assert runner.invoke(app, args).exit_code == 0
-    res = runner.invoke(app, ["circuit-eval", str(tmp_path / "d" / "circuit_tiny-dense.json"), "--n-prompts", "12", "--json"])
-    assert res.exit_code == 0, res.output
-    ev = json.loads(res.stdout)
-    assert ev["task"] == "myioi" and ev["corruption"] == "file" and 0 <= ev["f"] <= 1.5
-    # the file's 12 records are all the task has: the "fresh" seed draws the prompts the circuit was found on
-    assert "12 of the 12 prompts were also used to find this circuit" in res.stderr
-    res = runner.invoke(app, ["circuit-eval", str(tmp_path / "d" / "circuit_tiny-dense.json"), "--target", "0.8", "--json"])
-    assert res.exit_code == 1 and "holds no 'circuit_at_0.8'" in res.stderr  # discover --out saves the f >= 0.9 circuit
-
-
-def test_circuit_eval_of_a_python_built_task_asks_for_its_file(tmp_path):
-    from circuitry.circuits import discover
-    from circuitry.tasks import CustomTask
-
-    dense = load_model("tiny-dense")
-    records = [{"clean": p.clean, "corrupt": p.corrupt, "answer": p.answers[0], "wrong": p.wrongs[0]} for p in get_task("ioi", dense).pairs(8, 0)]
-    found = discover(dense, CustomTask.from_records(records, dense, name="mine"), "eap", n_prompts=8)
-    found.save(tmp_path / "c.json")
-    res = runner.invoke(app, ["circuit-eval", str(tmp_path / "c.json")])
-    assert res.exit_code == 1 and "built in Python (no task file recorded); write its records to a .jsonl file" in res.stderr
-
-
 def test_compare_repeats_report_every_seed_and_the_median(tmp_path):
     args = ["compare", "--task", "ioi", "--n-prompts", "8", "--method", "eap", "--json"]
     res = runner.invoke(app, [*args, "--seed", "4", "--repeats", "3", "--out", str(tmp_path)])
