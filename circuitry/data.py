@@ -15,10 +15,11 @@ reads what an uninterrupted one would), ``heldout(size, length)`` (sequences tra
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import random
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from jaxtyping import Int
@@ -151,6 +152,23 @@ class TextData:
     def info(self) -> dict[str, Any]:
         return {"source": self.source, "tokens": len(self.train) + len(self.held), "heldout_tokens": len(self.held),
                 "fingerprint": self.fingerprint}  # fmt: skip
+
+
+def heldout_batches(stream, n: int, length: int, batch_size: int = 64) -> tuple[Iterator[Int[Tensor, "b pos"]], int]:
+    """The first ``n`` held-out sequences of ``stream`` (``stream.heldout(n, length)``) in batches of
+    ``batch_size``, and the number of batches. A source that can draw its sequences one at a time (the synthetic
+    language: ``heldout_sequences``) is read batch by batch, so memory stays bounded for any ``n``."""
+    rows = getattr(stream, "heldout_sequences", None)
+    if rows is None:
+        chunks = stream.heldout(n, length).split(batch_size)
+        return iter(chunks), len(chunks)
+
+    def batches() -> Iterator[Tensor]:
+        drawn = rows(n, length)
+        while chunk := list(itertools.islice(drawn, batch_size)):
+            yield torch.tensor(chunk, dtype=torch.long)
+
+    return batches(), -(-n // batch_size)
 
 
 def token_source(model, data: "str | Path | TextData | None" = None):

@@ -199,3 +199,25 @@ def test_connectivity_report_measures_ce_with_the_gates_it_counts():
         assert model.gates.mode == mode
     assert reports["train"].ce == reports["eval"].ce == reports["off"].ce
     assert reports["train"].connectivity == reports["eval"].connectivity
+
+
+def test_connectivity_report_streams_the_same_figures_as_one_big_batch():
+    """Prompts and held-out text are drawn batch by batch (bounded memory for any n); the figures equal those of
+    measure_connectivity on everything at once (one right-padded batch), and held-out CE those of the whole tensor."""
+    from circuitry import get_task, load_model
+    from circuitry.data import heldout_batches, token_source
+    from circuitry.sparsity import connectivity_report
+
+    model = load_model("tiny-sparse")
+    task = get_task("ioi", model)
+    assert task.pairs(150, 3) == [p for b in task.batches(150, 3, batch_size=64) for p in b.pairs]
+    whole = task.tokenize(task.pairs(150, 3))
+    valid = torch.arange(whole.clean.shape[1])[None, :] <= whole.answer_pos[:, None]
+    streamed, at_once = connectivity_report(model, task, n=150, seed=3), measure_connectivity(model, whole.clean, valid)
+    assert streamed.n_sequences == 150 and streamed.seq_len == at_once.seq_len
+    assert streamed.connectivity == pytest.approx(at_once.connectivity, abs=1e-12)
+    assert streamed.per_head == at_once.per_head and streamed.keys_per_query == pytest.approx(at_once.keys_per_query)
+    stream = token_source(model)
+    batches, n_batches = heldout_batches(stream, 100, 20, batch_size=32)
+    drawn = list(batches)
+    assert n_batches == len(drawn) == 4 and torch.equal(torch.cat(drawn), stream.heldout(100, 20))

@@ -11,6 +11,7 @@ nothing), so connectivity / floor < 1 is possible and means queries that attend 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Iterable
 
 import torch
 from jaxtyping import Bool, Float
@@ -69,22 +70,31 @@ class ConnectivityReport:
         return asdict(self)
 
 
-@torch.no_grad()
 def measure_connectivity(model, tokens: Tensor, valid: Bool[Tensor, "batch pos"] | None = None, batch_size: int = 64,
                          progress: bool | None = False) -> ConnectivityReport:  # fmt: skip
     """Deterministic-gate connectivity of ``model`` on ``tokens`` (a model without gates keeps all edges).
-    ``progress``: a bar over the batches (None: only on a terminal)."""
+    ``valid`` marks the real tokens of right-padded rows. ``progress``: a bar over the batches (None: only on a
+    terminal)."""
+    chunks = tokens.split(batch_size)
+    masks = valid.split(batch_size) if valid is not None else [None] * len(chunks)
+    return connectivity_of_batches(model, zip(chunks, masks), len(chunks), progress)
+
+
+@torch.no_grad()
+def connectivity_of_batches(model, batches: Iterable[tuple[Tensor, Bool[Tensor, "batch pos"] | None]],
+                            n_batches: int | None = None, progress: bool | None = False) -> ConnectivityReport:  # fmt: skip
+    """:func:`measure_connectivity` over batches of (tokens, valid or None) read one at a time, so any number of
+    sequences fits in memory; ``n_batches`` sizes the progress bar."""
     cfg = model.cfg
     gates: AttentionGates | None = getattr(model, "gates", None)
     kept = torch.zeros(cfg.n_layers, cfg.n_heads, dtype=torch.float64)
     pairs = torch.zeros(cfg.n_layers, dtype=torch.float64)
-    queries = 0.0
-    for start in progress_bar(range(0, tokens.shape[0], batch_size), desc="connectivity", unit="batch", progress=progress):
-        chunk = tokens[start : start + batch_size]
-        v = valid[start : start + batch_size] if valid is not None else torch.ones_like(chunk, dtype=torch.bool)
-        n_q = float(v.sum())
-        queries += n_q
+    queries, n_sequences = 0.0, 0
+    for chunk, v in progress_bar(batches, total=n_batches, desc="connectivity", unit="batch", progress=progress):
+        v = torch.ones_like(chunk, dtype=torch.bool) if v is None else v
+        n_sequences += len(chunk)
         per_seq = v.sum(1).double()
+        queries += float(per_seq.sum())
         n_pairs = float((per_seq * (per_seq + 1) / 2).sum())
         if gates is None:
             kept += n_pairs
@@ -95,17 +105,18 @@ def measure_connectivity(model, tokens: Tensor, valid: Bool[Tensor, "batch pos"]
         for layer, logits in gates.last_logits.items():
             kept[layer] += ((logits > 0) & pair_mask(logits, v)).sum((0, 2, 3)).double()
             pairs[layer] += n_pairs
+    if not n_sequences:
+        raise CircuitryError("no sequences to measure connectivity on")
     if gates is not None:
         gates.last_logits.clear()  # the last chunk's (batch, head, q, k) logits per layer are not needed after this
     per_head = kept / pairs[:, None]
-    lengths = valid.sum(1).double() if valid is not None else torch.full((tokens.shape[0],), float(tokens.shape[1]))
     return ConnectivityReport(
         model=getattr(cfg, "model_name", "model"),
         connectivity=float(kept.sum() / (pairs.sum() * cfg.n_heads)),
         keys_per_query=float(kept.sum() / (queries * cfg.n_layers * cfg.n_heads)),
         floor=queries / float(pairs[0]),  # one key per query: sum T / sum T(T+1)/2
-        seq_len=float(lengths.mean()),
-        n_sequences=int(tokens.shape[0]),
+        seq_len=queries / n_sequences,
+        n_sequences=n_sequences,
         per_layer=[round(float(x), 6) for x in per_head.mean(1)],
         per_head=[[round(float(x), 6) for x in row] for row in per_head],
     )
@@ -115,9 +126,9 @@ def connectivity_report(model, task=None, n: int = 256, seed: int = 1, data=None
                         progress: bool | None = False) -> ConnectivityReport:  # fmt: skip
     """Connectivity on ``n`` held-out sequences of ``seq_len`` tokens (default: the model's context; with held-out CE)
     of ``data`` (see :func:`circuitry.data.token_source`; default: the model's synthetic language), or on ``n`` clean
-    prompts of ``task`` (drawn with ``seed``; the held-out text is fixed). ``progress``: as for
-    :func:`measure_connectivity`."""
-    from circuitry.data import token_source
+    prompts of ``task`` (drawn with ``seed``; the held-out text is fixed). Sequences are drawn batch by batch, so a
+    large ``n`` costs time, not memory. ``progress``: as for :func:`measure_connectivity`."""
+    from circuitry.data import heldout_batches, token_source
     from circuitry.zoo.pretrain import heldout_ce
 
     if n <= 0:
@@ -126,10 +137,10 @@ def connectivity_report(model, task=None, n: int = 256, seed: int = 1, data=None
         raise CircuitryError("measure on a task's prompts or on data, not both")
     if task is None:
         stream = token_source(model, data)
-        report = measure_connectivity(model, stream.heldout(n, seq_len or model.cfg.n_ctx), progress=progress)
+        batches, n_batches = heldout_batches(stream, n, seq_len or model.cfg.n_ctx)
+        report = connectivity_of_batches(model, ((b, None) for b in batches), n_batches, progress)
         with gate_mode(model, "eval"), torch.no_grad():  # the CE of the model whose connectivity is reported
             report.ce = round(heldout_ce(model, stream, n, length=seq_len), 5)
         return report
-    batch = task.tokenize(task.pairs(n, seed))
-    valid = torch.arange(batch.clean.shape[1])[None, :] <= batch.answer_pos[:, None]
-    return measure_connectivity(model, batch.clean, valid, progress=progress)
+    prompts = ((b.clean, torch.arange(b.clean.shape[1])[None, :] <= b.answer_pos[:, None]) for b in task.batches(n, seed, 64))
+    return connectivity_of_batches(model, prompts, -(-n // 64), progress)

@@ -7,6 +7,7 @@ and yields :class:`TaskBatch` objects. The metric reads the logits at each promp
 
 from __future__ import annotations
 
+import itertools
 import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -148,11 +149,16 @@ class Task(ABC):
     @abstractmethod
     def sample_pair(self, rng: random.Random) -> PromptPair: ...
 
-    def pairs(self, n: int, seed: int) -> list[PromptPair]:
+    def iter_pairs(self, n: int, seed: int) -> Iterator[PromptPair]:
+        """The prompts of :meth:`pairs`, one at a time (memory bounded for any ``n``)."""
         if n <= 0:
             raise CircuitryError(f"number of prompts must be positive, got {n}")
         rng = random.Random(f"{self.name}|{self.corruption}|{seed}")
-        return [self.sample_pair(rng) for _ in range(n)]
+        return (self.sample_pair(rng) for _ in range(n))
+
+    def pairs(self, n: int, seed: int) -> list[PromptPair]:
+        """``n`` prompt pairs drawn with ``seed`` (the same seed, the same pairs)."""
+        return list(self.iter_pairs(n, seed))
 
     def tokenize(self, pairs: Sequence[PromptPair], labels: Sequence[str] | None = None) -> TaskBatch:
         """Tokenize pairs; every clean/corrupt pair must have equal token length.
@@ -204,9 +210,10 @@ class Task(ABC):
         return ids
 
     def batches(self, n: int, seed: int, batch_size: int = 100) -> Iterator[TaskBatch]:
-        pairs = self.pairs(n, seed)
-        for start in range(0, len(pairs), batch_size):
-            yield self.tokenize(pairs[start : start + batch_size])
+        """The pairs of :meth:`pairs`, tokenized ``batch_size`` at a time (drawn as they are needed)."""
+        pairs = self.iter_pairs(n, seed)
+        while chunk := list(itertools.islice(pairs, batch_size)):
+            yield self.tokenize(chunk)
 
     def metric(self, logits: Float[Tensor, "batch pos vocab"], batch: TaskBatch) -> Float[Tensor, " batch"]:
         """Per-prompt metric at the answer position (differentiable)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from circuitry.errors import CircuitryError
 from circuitry.tasks.base import PromptPair, Task
@@ -105,9 +105,10 @@ class CustomTask(Task):
     def sample_pair(self, rng: random.Random) -> PromptPair:
         return rng.choice(self.records)
 
-    def pairs(self, n: int, seed: int) -> list[PromptPair]:
+    def iter_pairs(self, n: int, seed: int) -> Iterator[PromptPair]:
+        """At most ``n`` records, each once, in an order drawn with ``seed``."""
         if n <= 0:
             raise CircuitryError(f"number of prompts must be positive, got {n}")
         order = list(range(len(self.records)))
         random.Random(seed).shuffle(order)
-        return [self.records[i] for i in order[:n]]
+        return iter([self.records[i] for i in order[:n]])

@@ -12,7 +12,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from jaxtyping import Int
@@ -105,9 +105,13 @@ class TokenStream:
         """What the run read: the synthetic language and its non-default options."""
         return {"source": "synthetic", **self.language.options()}
 
-    def batch(self, key: str, size: int, length: int) -> Int[Tensor, "batch pos"]:
+    def sequences(self, key: str, size: int, length: int) -> Iterator[list[int]]:
+        """The rows of :meth:`batch`, drawn one at a time."""
         rng = random.Random(key)
-        return torch.tensor([self.sequence(rng, length) for _ in range(size)], dtype=torch.long)
+        return (self.sequence(rng, length) for _ in range(size))
+
+    def batch(self, key: str, size: int, length: int) -> Int[Tensor, "batch pos"]:
+        return torch.tensor(list(self.sequences(key, size, length)), dtype=torch.long)
 
     def train_batch(self, seed: int, step: int, size: int, length: int) -> Int[Tensor, "batch pos"]:
         return self.batch(f"train|{seed}|{step}", size, length)
@@ -116,14 +120,22 @@ class TokenStream:
         """Held-out text: a seed namespace training never uses."""
         return self.batch("heldout|0", size, length)
 
+    def heldout_sequences(self, size: int, length: int) -> Iterator[list[int]]:
+        """The rows of :meth:`heldout`, one at a time (see :func:`circuitry.data.heldout_batches`)."""
+        return self.sequences("heldout|0", size, length)
+
 
 @torch.no_grad()
 def heldout_ce(model, stream, n: int = 256, batch_size: int = 64, length: int | None = None) -> float:
     """Mean next-token cross-entropy (nats/token) on ``n`` held-out sequences of ``length`` (default n_ctx) tokens
     of ``stream`` (a token source, see :mod:`circuitry.data`; a short user text gives fewer sequences)."""
-    tokens = stream.heldout(n, length or model.cfg.n_ctx)
-    chunks = tokens.split(batch_size)
-    return sum(model(c, return_type="loss").item() * len(c) for c in chunks) / len(tokens)
+    from circuitry.data import heldout_batches
+
+    total, count = 0.0, 0
+    for chunk in heldout_batches(stream, n, length or model.cfg.n_ctx, batch_size)[0]:
+        total += model(chunk, return_type="loss").item() * len(chunk)
+        count += len(chunk)
+    return total / count
 
 
 def dropout_hooks(model, p: float) -> list[tuple[Any, Any]]:
