@@ -245,7 +245,9 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
         result = faithfulness(m, t, c.graph, c, ablation, n=n_prompts, seed=seed)
         pairs = t.pairs(n_prompts, seed)
         n_prompts = len(pairs)  # a task file may hold fewer
-        if t.name == record.get("task") and t.corruption == record.get("corruption"):  # prompts the discovery used
+        own_file = record.get("task_file")  # a custom task is the same task only as the same file, whatever its name
+        same = task == own_task or (own_file is not None and Path(task).is_file() and str(Path(task).resolve()) == own_file)
+        if same and t.corruption == record.get("corruption"):  # prompts the discovery used
             found, used = record.get("seed", 0), record.get("n_prompts", 0)
             shared = count_shared(pairs, t.pairs(used, found), t.pairs(used, found + 1)) if used else 0  # scored, evaluated
             if shared:

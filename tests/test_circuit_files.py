@@ -2,6 +2,7 @@
 `circuitry circuit-eval` on saved files."""
 
 import json
+import os
 import re
 
 import pytest
@@ -58,7 +59,11 @@ def test_loading_checks_the_model_the_graph_and_the_file(dense, saved, tmp_path)
         "foreign.json": ({"model": "x"}, "is not a circuit file"),
         "target.json": ({k: v for k, v in record.items() if k != "circuit_at_0.9"} | {"circuit_at_0.8": spec}, "it has circuit_at_0.8"),
         "none.json": ({**record, "circuit_at_0.9": None}, "holds no circuit"),
-        "broken.json": ({**record, "circuit_at_0.9": {"edges": 3}}, "malformed or foreign file"),
+        "broken.json": ({**record, "circuit_at_0.9": {**spec, "edges": 3}}, "circuit_at_0.9 needs 'edges' as a list of edge names"),
+        "count.json": ({**record, "circuit_at_0.9": {k: v for k, v in spec.items() if k != "n_edges"}}, "needs 'n_edges' as an integer, got None"),
+        "list.json": ({**record, "circuit_at_0.9": [spec]}, "circuit_at_0.9 must be an object"),
+        "heads.json": ({**record, "circuit_at_0.9": {**spec, "n_heads": spec["n_heads"] + 1}},
+                       f"n_heads is {spec['n_heads'] + 1} but its edges use {spec['n_heads']}"),
         "unsigned.json": ({k: v for k, v in record.items() if k != "model_fingerprint"}, "on a model it does not record"),
         "twice.json": ({**record, "circuit_at_0.9": twice}, f"{spec['n_edges']} edge names ({spec['n_edges'] - 1} distinct)"),
         "unknown.json": ({**record, "circuit_at_0.9": {**spec, "edges": ["zzz", *spec["edges"][1:]]}}, "no edge 'zzz' in this model's graph"),
@@ -87,6 +92,14 @@ def test_circuit_eval_finds_a_custom_task_by_its_file(tmp_path):
     assert ev["task"] == "myioi" and ev["corruption"] == "file" and 0 <= ev["f"] <= 1.5
     # the file's 12 records are all the task has: the "fresh" seed draws the prompts the circuit was found on
     assert "12 of the 12 prompts were also used to find this circuit" in res.stderr
+    other = tmp_path / "elsewhere" / "myioi.jsonl"  # the same name, other prompts: not the discovery's
+    other.parent.mkdir()
+    other.write_text("\n".join(json.dumps({"clean": p.clean, "corrupt": p.corrupt, "answer": list(p.answers), "wrong": list(p.wrongs)})
+                               for p in get_task("ioi", dense).pairs(12, 7)))  # fmt: skip
+    res = runner.invoke(app, ["circuit-eval", str(tmp_path / "d" / "circuit_tiny-dense.json"), "--task", str(other), "--json"])
+    assert res.exit_code == 0 and "also used to find" not in res.stderr
+    res = runner.invoke(app, ["circuit-eval", str(tmp_path / "d" / "circuit_tiny-dense.json"), "--task", os.path.relpath(task), "--json"])
+    assert "12 of the 12 prompts were also used" in res.stderr  # the same file by another path
     res = runner.invoke(app, ["circuit-eval", str(tmp_path / "d" / "circuit_tiny-dense.json"), "--target", "0.8", "--json"])
     assert res.exit_code == 1 and "holds no 'circuit_at_0.8'" in res.stderr  # discover --out saves the f >= 0.9 circuit
 

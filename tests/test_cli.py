@@ -1,6 +1,7 @@
 """The CLI: JSON output, and one-line errors with non-zero exit on bad input."""
 
 import json
+import math
 import os
 import shutil
 import statistics
@@ -153,6 +154,9 @@ def test_discover_single_model_json_and_files(tmp_path):
     assert m["edges_total"] == 1519 and m["faithfulness_curve"][-1] == [1519, 1.0]
     done = sorted(m["faithfulness_curve"] + m["refined_points"])  # edges_at_0.9: where f stays >= 0.9
     assert m["edges_at_0.9"] == next(e for i, (e, _) in enumerate(done) if all(f >= 0.9 for _, f in done[i:]))
+    assert m["smallest_edges_at_0.9"] == min(e for e, f in done if f >= 0.9) <= m["edges_at_0.9"]
+    x, f = [math.log10(k) for k in m["budgets"]], [f for _, f in m["faithfulness_curve"]]  # CPR from the JSON alone
+    assert m["cpr"] == pytest.approx(sum((x[i + 1] - x[i]) * (f[i] + f[i + 1]) / 2 for i in range(len(x) - 1)) / (x[-1] - x[0]), abs=1e-4)
     assert (tmp_path / "circuit_tiny-dense.json").exists() and (tmp_path / "faithfulness_curves.html").exists()
     assert (out["ablation"], out["selection"], m["ig_steps"], out["seed"], m["seed"]) == ("corrupt", "abs", None, 0, 0)
     saved = tmp_path / "circuit_tiny-dense.json"  # the saved circuit, measured again on fresh prompts

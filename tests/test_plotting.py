@@ -85,6 +85,7 @@ def test_circuit_graph_draws_each_edge_apart_with_its_sign():
     assert fig.layout.title.text.startswith("tiny-dense, test: 12 edges")
 
     heat = head_importance(graph, scores, circuit).data[0]
+    assert head_importance(graph, scores.tolist(), circuit).data[0].z == heat.z  # a list of scores reads the same
     src, dst = graph.edge_nodes()
     want = sum(abs(float(s)) for a, b, s in zip(src, dst, scores) if "a2.h1" in (a, b))
     assert abs(heat.z[2][1] - want) < 1e-4 and heat.text[2][1] == "●" and heat.text[2][0] == ""
@@ -159,3 +160,6 @@ def test_figures_take_the_library_objects_as_well_as_their_dicts():
     one, named = faithfulness_curves(found), faithfulness_curves({"tiny-dense": found})
     assert one.to_dict() == named.to_dict() and one.data[0].name == "tiny-dense"
     assert list(one.data[0].y) == [p.f for p in sorted(found.curve.points + found.curve.refined, key=lambda p: p.budget) if p.n_edges > 0]
+    bare = faithfulness_curves({"tiny-dense": found.curve})  # faithfulness_curve's own result plots the same points
+    assert list(bare.data[0].x) == list(one.data[0].x) and list(bare.data[0].y) == list(one.data[0].y)
+    assert faithfulness_curves(found.curve).data[0].name == "model"

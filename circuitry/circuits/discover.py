@@ -66,7 +66,9 @@ class Discovery:
             "seed": self.seed, "ablation": self.ablation, "selection": self.selection, "ig_steps": self.ig_steps,
             "edges_total": self.graph.n_edges, "heads_total": self.graph.n_layers * self.graph.n_heads,
             "edges_at_0.9": c.edges_90, "heads_at_0.9": c.heads_90, "edges_at_0.8": c.edges_80, "heads_at_0.8": c.heads_80,
+            **{f"smallest_{k}_at_{t}": getattr(c.smallest(t), f"n_{k}", None) for t in (0.9, 0.8) for k in ("edges", "heads")},
             "faithfulness_curve": [[p.n_edges, round(p.f, 5)] for p in c.points],
+            "budgets": [p.budget for p in c.points],  # top-k before pruning: CPR and CMD's x axis is log10 of these
             "refined_points": [[p.n_edges, round(p.f, 5)] for p in c.refined],
             "m_full": round(c.m_full, 5), "m_empty": round(c.m_empty, 5), "cpr": round(c.cpr, 5), "cmd": round(c.cmd, 5),
             "eval_prompts_scored": self.eval_prompts_scored, "seconds": round(self.seconds, 2),
@@ -104,6 +106,7 @@ def load_circuit(path: str | Path, model, target: float = 0.9, allow_other_model
         spec = record[key]
         if spec is None:
             raise CircuitryError(f"{path} holds no circuit: f never stayed >= {target} on {record.get('model')!r}")
+        _check_spec(spec, f"{path}: {key}")
         graph = Graph.from_model(as_multi_head(model))
         index = {name: i for i, name in enumerate(graph.edge_names)}
         edges, scores = spec["edges"], spec.get("scores")
@@ -123,7 +126,25 @@ def load_circuit(path: str | Path, model, target: float = 0.9, allow_other_model
                 raise CircuitryError(f"{path}: malformed circuit: {len(scores)} scores for {len(edges)} edges, or a non-finite score")
             full = torch.zeros(graph.n_edges)
             full[kept] = values
-    return Circuit.from_mask(graph, mask, full)
+        circuit = Circuit.from_mask(graph, mask, full)
+        for count in ("n_heads", "n_mlps"):  # recomputed from the edges; a file that says otherwise was edited
+            if count in spec and spec[count] != getattr(circuit, count):
+                raise CircuitryError(f"{path}: malformed circuit: {count} is {spec[count]} but its edges use {getattr(circuit, count)}")
+    return circuit
+
+
+def _check_spec(spec: Any, where: str) -> None:
+    """Field by field, what a (hand-edited) saved circuit lacks, in words rather than a KeyError."""
+    if not isinstance(spec, dict):
+        raise CircuitryError(f"{where} must be an object with the circuit's edges and counts")
+    for name in ("n_edges", "n_edges_total"):
+        if type(spec.get(name)) is not int:
+            raise CircuitryError(f"{where} needs {name!r} as an integer, got {spec.get(name)!r}")
+    if not isinstance(spec.get("edges"), list) or not all(isinstance(e, str) for e in spec["edges"]):
+        raise CircuitryError(f"{where} needs 'edges' as a list of edge names (e.g. 'a0.h3->a2.h1<q>')")
+    scores = spec.get("scores")
+    if scores is not None and (not isinstance(scores, list) or not all(type(v) in (int, float) for v in scores)):
+        raise CircuitryError(f"{where}: 'scores' must be a list of numbers, one per edge")
 
 
 def circuit_key(target: float) -> str:

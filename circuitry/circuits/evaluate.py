@@ -85,6 +85,11 @@ class FaithfulnessCurve:
         start = failing[-1] + 1 if failing else 0
         return done[start] if start < len(done) else None
 
+    def smallest(self, target: float) -> CurvePoint | None:
+        """The evaluated circuit (grid or refined) with the fewest edges and f >= target, or None. DESIGN's
+        "smallest circuit with f >= target", which depends on the budgets evaluated (see :meth:`crossing`)."""
+        return min((p for p in self.points + self.refined if p.f >= target), key=lambda p: (p.n_edges, p.budget), default=None)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -97,9 +102,11 @@ def metric_means(
     metric_fn: Metric,
     ablation: Ablation | MeanSources,
     abls: Sequence[Tensor] | None = None,
+    bar=None,
 ) -> list[float]:
     """Mean over all prompts of the metric of each masked model. ``abls``: the ablated source outputs of
-    each batch (:func:`ablated_sources`), else one corrupted run per batch computes them."""
+    each batch (:func:`ablated_sources`), else one corrupted run per batch computes them. ``bar``: a progress bar
+    advanced by one per patched forward (one circuit on one batch)."""
     sums = torch.zeros(len(masks), dtype=torch.float64)
     n_prompts = 0
     for i, batch in enumerate(batches):
@@ -107,6 +114,8 @@ def metric_means(
         for j, mask in enumerate(masks):
             logits = run_with_edges(model, batch, graph, mask, ablation, abl=abl)
             sums[j] += metric_fn(logits, batch).double().sum().cpu()
+            if bar is not None:
+                bar.update(1)
         n_prompts += len(batch)
     return (sums / n_prompts).tolist()
 
@@ -200,14 +209,15 @@ def faithfulness_curve(
     m_full, m_empty = metric_means(model, batches, graph, [full, empty], metric_fn, resolved, abls)
 
     known = {empty.numpy().tobytes(): m_empty, full.numpy().tobytes(): m_full}  # one patched run per distinct circuit
-    bar = progress_bar(total=len(grid) + 2 * refine, desc="faithfulness curve", unit="run", progress=progress)  # at most (bisection may stop early)
+    # one step per circuit and batch; at most this many (a circuit met before, or a bisection that stops early, skips steps)
+    bar = progress_bar(total=(len(grid) + 2 * refine) * len(batches), desc="faithfulness curve", unit="run", progress=progress)
 
     def evaluate(budgets: Sequence[int]) -> list[CurvePoint]:
         circuits = [Circuit.from_mask(graph, prune(graph, budget_mask(graph, scores, k, selection))) for k in budgets]
         keys = [c.edge_mask.numpy().tobytes() for c in circuits]
         new = {k: c.edge_mask for k, c in zip(keys, circuits) if k not in known}
-        known.update(zip(new, metric_means(model, batches, graph, list(new.values()), metric_fn, resolved, abls)))
-        bar.update(len(budgets))
+        known.update(zip(new, metric_means(model, batches, graph, list(new.values()), metric_fn, resolved, abls, bar)))
+        bar.update((len(budgets) - len(new)) * len(batches))  # circuits already evaluated
         means = [known[k] for k in keys]
         return [CurvePoint(k, c.n_edges, c.n_heads, c.n_mlps, m, _ratio(m, m_full, m_empty)) for k, c, m in zip(budgets, circuits, means)]
 

@@ -10,13 +10,17 @@ DASH = {"q": "dot", "k": "dash", "v": "solid", "": "solid"}
 
 def faithfulness_curves(results) -> go.Figure:
     """f against edges kept (log x), one line per model (grid and bisection points); dotted lines at f = 0.8 and 0.9.
-    ``results``: ``{name: Discovery}`` (as ``compare`` takes), or one :class:`Discovery`.
+    ``results``: ``{name: Discovery}`` (as ``compare`` takes), one :class:`Discovery`, or the same with
+    :class:`FaithfulnessCurve` objects (``faithfulness_curve``'s result) in place of discoveries.
     Budgets whose circuit prunes to 0 edges (f = 0 by definition) have no place on a log axis and are left out."""
     if hasattr(results, "curve"):  # one Discovery
         results = {results.model: results}
+    elif hasattr(results, "points"):  # one FaithfulnessCurve
+        results = {"model": results}
     fig = go.Figure()
     for name, r in results.items():
-        pts = sorted((p for p in r.curve.points + r.curve.refined if p.n_edges > 0), key=lambda p: p.budget)
+        curve = getattr(r, "curve", r)
+        pts = sorted((p for p in curve.points + curve.refined if p.n_edges > 0), key=lambda p: p.budget)
         fig.add_trace(go.Scatter(x=[p.n_edges for p in pts], y=[p.f for p in pts], mode="lines+markers", name=name,
                                  hovertemplate="%{x} edges<br>f = %{y:.3f}<extra>" + name + "</extra>"))  # fmt: skip
     for t in (0.8, 0.9):
@@ -24,8 +28,9 @@ def faithfulness_curves(results) -> go.Figure:
     first = next(iter(results.values()))
     fig.update_xaxes(type="log", title="edges in circuit (after pruning)")
     fig.update_yaxes(title="faithfulness f")
-    fig.update_layout(title=f"Faithfulness: {first.task} ({first.method}, {first.ablation} ablation, {first.n_prompts} prompts, seed {first.seed})",
-                      width=800, height=450)  # fmt: skip
+    about = (f"{first.task} ({first.method}, {first.ablation} ablation, {first.n_prompts} prompts, seed {first.seed})" if hasattr(first, "curve")
+             else f"{first.ablation} ablation, {first.n_prompts} prompts, {first.selection} selection")  # fmt: skip
+    fig.update_layout(title=f"Faithfulness: {about}", width=800, height=450)
     return fig
 
 
@@ -110,9 +115,11 @@ def circuit_graph(circuit, scores=None, title: str | None = None) -> go.Figure:
     return fig
 
 
-def head_importance(graph, scores, circuit=None, title: str | None = None) -> go.Figure:
+def head_importance(graph, scores=None, circuit=None, title: str | None = None) -> go.Figure:
     """Layer x head heatmap of the summed |score| of every edge into or out of each head (all edges of the graph,
-    not only a circuit's); heads of ``circuit``, if given, are marked with a dot."""
+    not only a circuit's); heads of ``circuit``, if given, are marked with a dot. ``scores``: one per edge (a tensor,
+    array or list; default the graph's stored scores)."""
+    scores = graph.require_scores(scores)
     imp = torch.zeros(graph.n_layers, graph.n_heads)
     src, dst = graph.edge_nodes()
     for s_name, d_name, v in zip(src, dst, scores.abs().tolist()):
