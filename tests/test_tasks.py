@@ -107,7 +107,10 @@ def test_custom_json_and_jsonl(dense, tmp_path):
         ({"clean": "The capital of France is", "corrupt": "The capital of Italy is", "answer": "Paris Rome", "wrong": "Rome"}, "bad.jsonl line 3: answer 'Paris Rome' is not a single token"),
         ({"clean": "The capital of France is", "corrupt": "The capital of Italy is", "wrong": "Rome"}, "bad.jsonl line 3: 'answer'"),
         ({"clean": ["The capital of France is", "The capital of Spain is"], "corrupt": "The capital of Italy is", "answer": ["Paris", "Madrid"],
-          "wrong": "Rome"}, "bad.jsonl line 3: 'clean' must be one prompt string"),  # two prompts in one record: not silently the first
+          "wrong": "Rome"}, "bad.jsonl line 3: 'clean' must be one non-empty prompt string"),  # two prompts in one record: not silently the first
+        ({"clean": "", "corrupt": "The capital of Italy is", "answer": "Paris", "wrong": "Rome"}, "bad.jsonl line 3: 'clean' must be one non-empty"),
+        ({"clean": "The capital of France is", "corrupt": "The capital of Italy is", "answer": "Glorpzzle", "wrong": "Rome"},
+         "bad.jsonl line 3: answer 'Glorpzzle' is outside the tokenizer's vocabulary"),
     ],
 )
 def test_bad_custom_records_are_named(dense, tmp_path, record, message):
@@ -122,6 +125,32 @@ def test_bad_custom_records_are_named(dense, tmp_path, record, message):
         get_task(str(js), dense)
     with pytest.raises(CircuitryError, match=message.replace("bad.jsonl line 3", "record 2")):  # records given in Python
         CustomTask.from_records([good, record], dense)
+
+
+def test_task_files_refuse_unknown_keys_and_warn_of_repeated_records(dense, tmp_path):
+    good = {"clean": "The capital of Spain is", "corrupt": "The capital of Italy is", "answer": "Madrid", "wrong": "Rome"}
+    other = {**good, "clean": "The capital of France is", "answer": "Paris"}
+    typo = tmp_path / "typo.json"  # a misspelt metric would silently fall back to logit_diff
+    typo.write_text(json.dumps({"metrc": "prob_diff", "records": [good]}))
+    with pytest.raises(CircuitryError, match="typo.json: unknown key 'metrc'"):
+        get_task(str(typo), dense)
+    bare = tmp_path / "bare.json"  # one record, not a list of them
+    bare.write_text(json.dumps(good))
+    with pytest.raises(CircuitryError, match=r"bare.json is one record: a .json task is a list of records"):
+        get_task(str(bare), dense)
+    bare.write_text("{}")
+    with pytest.raises(CircuitryError, match=r"holds no records: give \{clean, corrupt, answer, wrong\} objects"):
+        get_task(str(bare), dense)
+    with pytest.warns(UserWarning, match="2 of its 4 records repeat an earlier one"):
+        task = CustomTask.from_records([good, good, other, good], dense)
+    assert len(task.pairs(10, 0)) == 4
+    with pytest.raises(CircuitryError, match="the prompt seed must be an integer, got 1.0"):
+        task.pairs(2, 1.0)
+    with pytest.raises(CircuitryError, match="the prompt seed must be an integer, got None"):
+        get_task("ioi", dense).pairs(2, None)
+    with pytest.raises(CircuitryError, match="batch size must be positive, got 0"):
+        next(get_task("ioi", dense).batches(4, 0, batch_size=0))
+    assert CustomTask.from_records([{**good, "answer": ("Madrid",)}], dense).pairs(1, 0)[0].answers == ("Madrid",)  # a tuple of answers
 
 
 def test_broken_jsonl_line_is_named(dense, tmp_path):

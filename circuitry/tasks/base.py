@@ -8,6 +8,7 @@ and yields :class:`TaskBatch` objects. The metric reads the logits at each promp
 from __future__ import annotations
 
 import itertools
+import operator
 import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -151,8 +152,7 @@ class Task(ABC):
 
     def iter_pairs(self, n: int, seed: int) -> Iterator[PromptPair]:
         """The prompts of :meth:`pairs`, one at a time (memory bounded for any ``n``)."""
-        if n <= 0:
-            raise CircuitryError(f"number of prompts must be positive, got {n}")
+        check_draw(n, seed)
         rng = random.Random(f"{self.name}|{self.corruption}|{seed}")
         return (self.sample_pair(rng) for _ in range(n))
 
@@ -205,12 +205,16 @@ class Task(ABC):
         for t in texts:
             tid = self.view.single_token(t)
             if tid is None:
-                raise CircuitryError(f"{where}: {what} {t!r} is not a single token for this tokenizer")
+                unknown = self.view.unk_id is not None and self.view.unk_id in self.view.encode(t)
+                raise CircuitryError(f"{where}: {what} {t!r} is " + ("outside the tokenizer's vocabulary" if unknown else
+                                     "not a single token for this tokenizer"))  # fmt: skip
             ids.append(tid)
         return ids
 
     def batches(self, n: int, seed: int, batch_size: int = 100) -> Iterator[TaskBatch]:
         """The pairs of :meth:`pairs`, tokenized ``batch_size`` at a time (drawn as they are needed)."""
+        if batch_size <= 0:
+            raise CircuitryError(f"batch size must be positive, got {batch_size}")
         pairs = self.iter_pairs(n, seed)
         while chunk := list(itertools.islice(pairs, batch_size)):
             yield self.tokenize(chunk)
@@ -219,6 +223,16 @@ class Task(ABC):
         """Per-prompt metric at the answer position (differentiable)."""
         last = logits[torch.arange(logits.shape[0]), batch.answer_pos]  # [batch, vocab]
         return answer_metric(last, batch.correct, batch.wrong, self.metric_kind)
+
+
+def check_draw(n: int, seed: int) -> None:
+    """A prompt draw needs a positive count and an integer seed (1.0 and 1 would draw different prompts, None random ones)."""
+    if n <= 0:
+        raise CircuitryError(f"number of prompts must be positive, got {n}")
+    try:
+        operator.index(seed)
+    except TypeError:
+        raise CircuitryError(f"the prompt seed must be an integer, got {seed!r}") from None
 
 
 def answer_metric(

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from circuitry.errors import CircuitryError
-from circuitry.tasks.base import PromptPair, Task
+from circuitry.tasks.base import PromptPair, Task, check_draw
 
 
 def read_records(path: Path) -> tuple[list[dict], list[str], str]:
@@ -38,6 +39,12 @@ def read_records(path: Path) -> tuple[list[dict], list[str], str]:
         else:
             data = json.loads(text)
             if isinstance(data, dict):
+                unknown = sorted(set(data) - {"metric", "records"})
+                if "clean" in unknown:
+                    raise CircuitryError(f'task file {path} is one record: a .json task is a list of records or {{"records": [...]}}')
+                if unknown:
+                    raise CircuitryError(f"task file {path}: unknown key {unknown[0]!r} (a task object has 'records' and, "
+                                         "optionally, 'metric')")  # fmt: skip
                 metric = data.get("metric", metric)
                 data = data.get("records")
             records = data
@@ -45,7 +52,8 @@ def read_records(path: Path) -> tuple[list[dict], list[str], str]:
     except json.JSONDecodeError as e:
         raise CircuitryError(f"task file {path} is not valid JSON: {e}") from None
     if not isinstance(records, list) or not records:
-        raise CircuitryError(f"task file {path} holds no records")
+        raise CircuitryError(f"task file {path} holds no records: give {{clean, corrupt, answer, wrong}} objects, one per line in "
+                             '.jsonl, or in .json a list of them or {"records": [...]}')  # fmt: skip
     return records, labels, metric
 
 
@@ -53,6 +61,8 @@ def _strings(record: dict, key: str, where: str) -> tuple[str, ...]:
     value = record.get(key)
     if isinstance(value, str):
         value = [value]
+    if isinstance(value, tuple):
+        value = list(value)
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
         raise CircuitryError(f"{where}: {key!r} must be a non-empty string or list of strings")
     return tuple(value)
@@ -91,14 +101,18 @@ class CustomTask(Task):
             raise CircuitryError(f"{where}: unknown metric {metric!r}")
         self.name, self.metric_kind, self.labels = name, metric, labels
         self.records = []
-        for r, where in zip(records, self.labels):
+        for r, label in zip(records, self.labels):
             if not isinstance(r, dict):
-                raise CircuitryError(f"{where}: not an object")
+                raise CircuitryError(f"{label}: not an object")
             for key in ("clean", "corrupt"):
-                if not isinstance(r.get(key), str):
-                    raise CircuitryError(f"{where}: {key!r} must be one prompt string (one record per clean/corrupt pair)")
-            fields = [_strings(r, key, where) for key in ("clean", "corrupt", "answer", "wrong")]
+                if not isinstance(r.get(key), str) or not r[key]:
+                    raise CircuitryError(f"{label}: {key!r} must be one non-empty prompt string (one record per clean/corrupt pair)")
+            fields = [_strings(r, key, label) for key in ("clean", "corrupt", "answer", "wrong")]
             self.records.append(PromptPair(fields[0][0], fields[1][0], fields[2], fields[3]))
+        repeats = len(self.records) - len(set(self.records))
+        if repeats:
+            warnings.warn(f"{where}: {repeats} of its {len(self.records)} records repeat an earlier one; each repeat is drawn "
+                          "as a prompt of its own", stacklevel=2)  # fmt: skip
         super().__init__(model_or_tokenizer, corruption)
         self.tokenize(self.records, self.labels)  # validate every record once, naming the offending one
 
@@ -107,8 +121,7 @@ class CustomTask(Task):
 
     def iter_pairs(self, n: int, seed: int) -> Iterator[PromptPair]:
         """At most ``n`` records, each once, in an order drawn with ``seed``."""
-        if n <= 0:
-            raise CircuitryError(f"number of prompts must be positive, got {n}")
+        check_draw(n, seed)
         order = list(range(len(self.records)))
         random.Random(seed).shuffle(order)
         return iter([self.records[i] for i in order[:n]])
