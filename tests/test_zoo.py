@@ -1,9 +1,11 @@
 """Model zoo: offline loading, fingerprints, clear errors on bad names and bad files."""
 
+import re
 import shutil
 import pytest
 import torch
 
+import circuitry
 from circuitry import load_model
 from circuitry.errors import CircuitryError
 from circuitry.zoo.registry import ZOO_DIR, list_models, load_model_dir, model_fingerprint, save_model
@@ -79,6 +81,26 @@ def test_config_that_does_not_match_weights(tmp_path):
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CircuitryError, match="config"):
         load_model_dir(d)
+
+
+def test_meta_json_must_describe_these_weights(tmp_path, monkeypatch):
+    import json
+
+    sparse = load_model("tiny-sparse")
+    save_model(sparse, tmp_path / "copy")  # a copy keeps its parent and language (compare's pair check reads them)
+    assert load_model_dir(tmp_path / "copy").circuitry_info["parent"] == "tiny-dense"
+    meta = json.loads((tmp_path / "copy" / "meta.json").read_text())
+    assert meta["circuitry_version"] == circuitry.__version__
+    for bad, message in (({**meta, "fingerprint": "0" * 16}, "describes other weights (fingerprint 0000000000000000"),
+                         ({**meta, "ioi_subject_rate": "abc"}, "meta.json: malformed or foreign file (TypeError"),
+                         ([1, 2], "meta.json must be a JSON object")):  # fmt: skip
+        (tmp_path / "copy" / "meta.json").write_text(json.dumps(bad))
+        with pytest.raises(CircuitryError, match=re.escape(message)):
+            load_model_dir(tmp_path / "copy")
+    shutil.copytree(ZOO_DIR / "tiny-dense", tmp_path / "tiny-dense")  # a local folder with a zoo model's name
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(UserWarning, match="'tiny-dense' is a zoo model and a model directory here; loading the zoo model"):
+        assert load_model("tiny-dense").circuitry_info["path"] == str(ZOO_DIR / "tiny-dense")
 
 
 @pytest.mark.parametrize("name, message", [("no-such-model", "unknown model"), ("gpt2", "offline"), ("", "empty")])

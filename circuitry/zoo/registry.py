@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from circuitry.artifacts import atomic_write_json, check_finite, fingerprint, load_tensors, read_json, save_tensors
+from circuitry.artifacts import atomic_write_json, check_finite, fingerprint, load_tensors, read_json, reading, save_tensors
 from circuitry.errors import CircuitryError
-from circuitry.zoo.language import LANGUAGE_OPTIONS
+from circuitry.zoo.language import LANGUAGE_OPTIONS, SyntheticLanguage
 
 ZOO_DIR = Path(__file__).parent / "models"
 ARCH_KEYS = (
@@ -116,7 +116,11 @@ def save_model(model, directory: str | Path, meta: dict[str, Any] | None = None)
     atomic_write_json(directory / "config.json", config)
     if model.tokenizer is not None:
         save_tokenizer(model.tokenizer, directory)
-    atomic_write_json(directory / "meta.json", {**(meta or {}), "fingerprint": fp})
+    info = getattr(model, "circuitry_info", {})  # a copy keeps its language and parent (what tasks and compare read)
+    kept = {k: info[k] for k in (*LANGUAGE_OPTIONS, "parent") if k in info}
+    from circuitry import __version__
+
+    atomic_write_json(directory / "meta.json", {**kept, **(meta or {}), "circuitry_version": __version__, "fingerprint": fp})
     return fp
 
 
@@ -162,10 +166,25 @@ def load_model_dir(directory: str | Path, name: str | None = None):
         raise CircuitryError(f"{directory}: weights do not fit config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
     model.eval()
     model.cfg.model_name = name or directory.name
-    about = read_json(directory / "meta.json") if (directory / "meta.json").exists() else {}  # how it was trained
     model.circuitry_info = {"name": model.cfg.model_name, "path": str(directory), "fingerprint": meta["fingerprint"],
-                            **{k: about[k] for k in (*LANGUAGE_OPTIONS, "parent") if k in about}}  # fmt: skip
+                            **_about(directory / "meta.json", meta["fingerprint"])}  # fmt: skip
     return model
+
+
+def _about(path: Path, weights_fingerprint: str) -> dict[str, Any]:
+    """What ``meta.json`` (optional) says about how the model was made: its language options and parent, checked to
+    describe these weights and to be a language the generator accepts."""
+    if not path.exists():
+        return {}
+    about = read_json(path)
+    with reading(path):
+        if not isinstance(about, dict):
+            raise CircuitryError(f"{path} must be a JSON object (how the model was made)")
+        if about.get("fingerprint", weights_fingerprint) != weights_fingerprint:
+            raise CircuitryError(f"{path} describes other weights (fingerprint {about['fingerprint']}, the weights' {weights_fingerprint})")
+        kept = {k: about[k] for k in (*LANGUAGE_OPTIONS, "parent") if k in about}
+        SyntheticLanguage(**{k: v for k, v in kept.items() if k != "parent"})  # its checks, naming this file if they fail
+    return kept
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -213,6 +232,8 @@ def load_model(name: str, device: str = "cpu"):
     if not name or not str(name).strip():
         raise CircuitryError("empty model name")
     if name in zoo_models():
+        if (Path(name) / "config.json").is_file():
+            warnings.warn(f"{name!r} is a zoo model and a model directory here; loading the zoo model (give ./{name} for the directory)", stacklevel=2)
         model = load_model_dir(ZOO_DIR / name, name)
     elif Path(name).is_dir() and (Path(name) / "config.json").is_file():
         model = load_model_dir(Path(name))
