@@ -93,7 +93,9 @@ def prepare_run_dir(out: str | Path, resume: bool, name: str = "checkpoint.safet
     if ckpt.exists() and not resume:
         raise CircuitryError(f"{ckpt} exists: pass --resume to continue it, or choose another --out")
     if resume and not ckpt.exists():
-        raise CircuitryError(f"nothing to resume: no {ckpt}")
+        finished = (out / "model.safetensors").exists() or (out / "circuitry.json").exists()  # a model or a transcoder
+        raise CircuitryError(f"nothing to resume: no {ckpt}" + (f" ({out} holds a finished run)"
+                                                                 if finished else ""))  # fmt: skip
     if not resume and (out / "model.safetensors").exists():
         raise CircuitryError(f"{out} already holds a model; choose another --out")
     out.mkdir(parents=True, exist_ok=True)

@@ -32,8 +32,12 @@ def one_line_errors(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             if kwargs.get("out") is not None:
+                if _empty_out(sys.argv[1:]):  # typer has already turned "" into Path("."), the current directory
+                    raise CircuitryError("--out is an empty name; give a directory (--out . for the current one)")
                 check_out_dir(kwargs["out"])
-            result = fn(*args, **kwargs)
+            with warnings.catch_warnings():  # a library warning is one 'warning: ...' line, not Python's two
+                warnings.showwarning = lambda message, *_, **__: typer.echo(f"warning: {message}", err=True)
+                result = fn(*args, **kwargs)
             if kwargs.get("out") is not None:
                 typer.echo(f"outputs in {kwargs['out']}", err=True)
             return result
@@ -45,6 +49,11 @@ def one_line_errors(fn: Callable) -> Callable:
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def _empty_out(argv: list[str]) -> bool:
+    """Whether the command line gives ``--out ""`` (or ``--out=``)."""
+    return "--out=" in argv or any(a == "--out" and b == "" for a, b in zip(argv, argv[1:]))
 
 
 def _emit(obj: dict, as_json: bool, lines: list[str]) -> None:
@@ -207,6 +216,8 @@ def connectivity_cmd(
         f"{model} on {where} (n={report.n_sequences}, mean length {report.seq_len:.1f}): connectivity {report.connectivity:.4f}, "
         f"floor {report.floor:.4f} ({report.connectivity / report.floor:.2f}x), keys/query {report.keys_per_query:.2f}{ce}",
         "  per layer: " + ", ".join(f"L{i} {c:.4f}" for i, c in enumerate(report.per_layer)),
+        f"  (query, head) pairs keeping no key: {report.no_key:.1%}; per layer "
+        + ", ".join(f"L{i} {c:.1%}" for i, c in enumerate(report.no_key_per_layer)),
     ])  # fmt: skip
 
 

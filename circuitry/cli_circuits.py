@@ -3,7 +3,9 @@
 
 With ``--repeats R`` both run on the prompt seeds ``seed .. seed + R - 1`` (each scores on one prompt set and
 evaluates on a fresh one) and report every seed's counts plus the median dense/sparse ratios: the crossing of a
-faithfulness curve moves with the prompts, so one seed's ratio is a noisy figure.
+faithfulness curve moves with the prompts, so one seed's ratio is a noisy figure. Consecutive seeds share a prompt
+set (seed s evaluates on the prompts seed s + 1 scores on), so the R runs are not independent samples; for disjoint
+runs, call it with every other seed.
 """
 
 from __future__ import annotations

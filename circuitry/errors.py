@@ -1,4 +1,6 @@
-"""User-facing errors: one line, no traceback, non-zero exit from the CLI."""
+"""User-facing errors: one line, no traceback, non-zero exit from the CLI (and from scripts that ask for it)."""
+
+import sys
 
 
 class CircuitryError(Exception):
@@ -9,3 +11,17 @@ class CircuitryError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))
+
+
+def one_line_errors_in_scripts() -> None:
+    """For scripts (the examples): an uncaught :class:`CircuitryError` prints ``error: <message>`` on one line, as the CLI
+    does, instead of a traceback; the exit status stays 1. Other exceptions keep their traceback."""
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        if issubclass(kind, CircuitryError):
+            print(f"error: {value}", file=sys.stderr)
+        else:
+            previous(kind, value, tb)
+
+    sys.excepthook = hook

@@ -13,6 +13,7 @@ from pathlib import Path
 from circuitry import get_task, load_model
 from circuitry.artifacts import atomic_write_json
 from circuitry.attribution import attribute, compare_graphs, write_circuit_tracer_json
+from circuitry.errors import one_line_errors_in_scripts
 from circuitry.plotting import attribution_graph_figure, graph_comparison_figure, head_loadings_figure, save_figure
 from circuitry.transcoders import default_clt
 
@@ -20,6 +21,7 @@ parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.R
 parser.add_argument("--n", type=int, default=20)
 parser.add_argument("--out", type=Path, default=Path("runs/attribution"))
 args = parser.parse_args()
+one_line_errors_in_scripts()  # bad input: one "error: ..." line, as from the CLI
 
 pairs = {}
 for name in ("tiny-dense", "tiny-sparse"):

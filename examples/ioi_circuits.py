@@ -10,6 +10,7 @@ from pathlib import Path
 
 from circuitry import get_task, load_model
 from circuitry.circuits import compare, discover
+from circuitry.errors import one_line_errors_in_scripts
 from circuitry.plotting import circuit_graph, faithfulness_curves, save_figure
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -17,6 +18,7 @@ parser.add_argument("--n-prompts", type=int, default=100)
 parser.add_argument("--method", default="eap-local", help="eap, eap-local, eap-ig, eap-ig-node or exact")
 parser.add_argument("--out", type=Path, default=Path("runs/ioi-circuits"))
 args = parser.parse_args()
+one_line_errors_in_scripts()  # bad input: one "error: ..." line, as from the CLI
 
 results = {}
 for name in ("tiny-dense", "tiny-sparse"):

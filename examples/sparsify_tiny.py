@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from circuitry import load_model
+from circuitry.errors import one_line_errors_in_scripts
 from circuitry.plotting import attention_patterns, head_connectivity, save_figure, training_curves
 from circuitry.sparsity import SparsifyConfig, connectivity_report, sparsify
 
@@ -18,11 +19,11 @@ parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.R
 parser.add_argument("--steps", type=int, default=1500)
 parser.add_argument("--out", type=Path, default=Path("runs/example-sparse"))
 args = parser.parse_args()
+one_line_errors_in_scripts()  # bad input: one "error: ..." line, as from the CLI
 
+sparse, meta = sparsify(load_model("tiny-dense"), args.out, SparsifyConfig(steps=args.steps))  # checks --out and --steps first
 dense = load_model("tiny-dense")
-before = connectivity_report(dense, n=64)
-sparse, meta = sparsify(load_model("tiny-dense"), args.out, SparsifyConfig(steps=args.steps))
-after = connectivity_report(sparse, n=64)
+before, after = connectivity_report(dense, n=64), connectivity_report(sparse, n=64)
 print(f"dense : connectivity {before.connectivity:.4f}, keys/query {before.keys_per_query:.2f}, CE {before.ce:.4f}")
 print(f"sparse: connectivity {after.connectivity:.4f}, keys/query {after.keys_per_query:.2f}, CE {after.ce:.4f} "
       f"(floor {after.floor:.4f})")

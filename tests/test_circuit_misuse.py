@@ -74,3 +74,17 @@ def test_discover_warns_when_the_model_does_not_do_the_task():
     with pytest.warns(UserWarning, match="is not above m\\(empty\\).*does not do task 'swapped'"):
         found = discover(model, CustomTask.from_records(swapped, model, name="swapped"), "eap", n_prompts=8)
     assert found.curve.m_full < found.curve.m_empty
+
+
+def test_discover_warns_when_clean_and_corrupt_barely_differ():
+    """A corruption that hardly moves the metric (here "a" -> "the" before the object) leaves f a ratio of two small
+    differences: discover says so."""
+    from circuitry import load_model
+    from circuitry.tasks import CustomTask
+
+    model = load_model("tiny-dense")
+    records = [{"clean": p.clean, "corrupt": p.clean.replace(" a ", " the ", 1), "answer": p.answers[0], "wrong": p.wrongs[0]}
+               for p in get_task("ioi", model).pairs(8, 0)]  # fmt: skip
+    with pytest.warns(UserWarning, match=r"is barely above m\(empty\) .* \(less than 10% apart\)"):
+        found = discover(model, CustomTask.from_records(records, model, name="near"), "eap", n_prompts=8)
+    assert 0 < found.curve.m_full - found.curve.m_empty < 0.1 * found.curve.m_full

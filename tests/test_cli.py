@@ -74,6 +74,21 @@ def test_console_script_exit_code_offline():
     assert proc.stderr.strip() == "error: unknown task 'nope'; built-in tasks: ioi, greater-than, induction, sva, docstring (or a .json/.jsonl file)"
 
 
+def test_empty_out_is_refused_and_library_warnings_are_one_line(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for out in (["--out", ""], ["--out="]):  # typer reads "" as ".": it would write into the current directory
+        proc = subprocess.run([sys.executable, "-m", "circuitry.cli", "eval", "--task", "ioi", "--n", "2", *out], capture_output=True,
+                              text=True, env=env, cwd=tmp_path)  # fmt: skip
+        assert proc.returncode == 1 and proc.stderr.strip() == "error: --out is an empty name; give a directory (--out . for the current one)"
+    assert list(tmp_path.iterdir()) == []
+    task = tmp_path / "twice.jsonl"
+    record = {"clean": "The capital of Spain is", "corrupt": "The capital of Italy is", "answer": "Madrid", "wrong": "Rome"}
+    task.write_text(json.dumps(record) + "\n" + json.dumps(record))
+    res = runner.invoke(app, ["eval", "--task", str(task), "--model", "tiny-dense", "--json"])
+    assert res.exit_code == 0 and res.stderr.splitlines() == [f"warning: task file {task}: 1 of its 2 records repeat an earlier one; "
+                                                              "each repeat is drawn as a prompt of its own"]  # fmt: skip
+
+
 @pytest.mark.parametrize("args", [["eval", "--task", "ioi", "--n", "abc"], ["eval"], ["discover", "--bogus"]])
 def test_console_script_usage_errors_are_one_line(args):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -116,7 +131,7 @@ def test_zoo_build_then_eval_the_built_model(tmp_path):
     res = runner.invoke(app, ["eval", "--task", "sva", "--model", str(out), "--n", "10", "--json"])
     assert res.exit_code == 0 and json.loads(res.stdout)["n"] == 10
     res = runner.invoke(app, ["zoo", "build", "--out", str(out), "--steps", "3", "--resume"])
-    assert res.exit_code == 1 and "nothing to resume" in res.stderr
+    assert res.exit_code == 1 and f"nothing to resume: no {out}/checkpoint.safetensors ({out} holds a finished run)" in res.stderr
 
 
 def test_zoo_build_other_architecture(tmp_path):

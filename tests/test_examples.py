@@ -38,6 +38,15 @@ def test_sparsify_example_runs(tmp_path):
     assert (tmp_path / "s" / "plots" / "patterns_L2.html").stat().st_size > 1000
 
 
+def test_examples_report_bad_input_in_one_line(tmp_path):
+    for script, args, message in (("sparsify_tiny.py", ["--steps", "0", "--out", str(tmp_path / "s0")], "error: steps must be > 0, got 0"),
+                                  ("ioi_circuits.py", ["--n-prompts", "0"], "error: number of prompts must be positive, got 0")):  # fmt: skip
+        proc = subprocess.run([sys.executable, str(ROOT / "examples" / script), *args], capture_output=True, text=True,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)  # fmt: skip
+        assert proc.returncode == 1 and proc.stderr.strip() == message, proc.stderr[-2000:]
+    assert not (tmp_path / "s0").exists()
+
+
 def test_sparse_attention_notebook_runs(monkeypatch):
     assert "connectivity" in run_notebook("01_sparse_attention.ipynb", monkeypatch, CIRCUITRY_NB_STEPS="8")
 

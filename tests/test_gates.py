@@ -122,21 +122,28 @@ def test_connectivity_matches_a_brute_force_count():
     model(x)
     kept = total = 0
     per_head = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    no_key = torch.zeros(model.cfg.n_layers)  # (query, head) pairs with no key kept
     pairs = 0
     for layer, logits in gates.last_logits.items():
         for b in range(x.shape[0]):
             n = int(valid[b].sum())
             for h in range(model.cfg.n_heads):
                 for q in range(n):
+                    row = 0
                     for k in range(q + 1):
-                        kept += int(logits[b, h, q, k] > 0)
+                        row += int(logits[b, h, q, k] > 0)
                         per_head[layer, h] += float(logits[b, h, q, k] > 0)
                         total += 1
+                    kept += row
+                    no_key[layer] += row == 0
     lengths = valid.sum(1)
     pairs = int((lengths * (lengths + 1) // 2).sum())
     assert report.connectivity == pytest.approx(kept / total, abs=1e-12)
     assert report.keys_per_query == pytest.approx(kept / (int(valid.sum()) * model.cfg.n_layers * model.cfg.n_heads))
     assert torch.allclose(torch.tensor(report.per_head), per_head / pairs, atol=1e-6)
+    n_rows = int(valid.sum()) * model.cfg.n_heads
+    assert 0 < report.no_key == pytest.approx(float(no_key.sum()) / (n_rows * model.cfg.n_layers), abs=1e-12)
+    assert report.no_key_per_layer == pytest.approx((no_key / n_rows).tolist(), abs=1e-6)
     assert report.floor == pytest.approx(int(valid.sum()) / pairs)
     assert floor(10) == pytest.approx(2 / 11)
 

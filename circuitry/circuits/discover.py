@@ -207,6 +207,9 @@ def _discover(model, task: Task | str, fingerprint: str, method: str = "eap-loca
     if curve.m_full <= curve.m_empty:
         warnings.warn(f"m(full) {curve.m_full:.3f} is not above m(empty) {curve.m_empty:.3f}: the model does not do task {task.name!r} "
                       "better on clean than on corrupted prompts, so faithfulness measures nothing here", stacklevel=3)  # fmt: skip
+    elif curve.m_full - curve.m_empty < 0.1 * max(abs(curve.m_full), abs(curve.m_empty)):
+        warnings.warn(f"m(full) {curve.m_full:.4g} is barely above m(empty) {curve.m_empty:.4g} (less than 10% apart): f divides by "
+                      "their difference, so it is noisy and can leave [0, 1] far", stacklevel=3)  # fmt: skip
     shared = shared_prompts(task, n_prompts, seed)
     if shared:
         warnings.warn(

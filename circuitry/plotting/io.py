@@ -3,7 +3,9 @@ directory instead of being fetched from a CDN); PNG only when kaleido can render
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 from pathlib import Path
 
 from circuitry.artifacts import atomic_write_bytes
@@ -32,8 +34,26 @@ def save_figure(fig, path: str | Path, png: bool = True) -> list[Path]:
     written.append(html)
     if png:
         try:  # kaleido 1.x needs a Chrome/Chromium binary; without one, PNG is skipped
-            atomic_write_bytes(path.with_suffix(".png"), fig.to_image(format="png", scale=2))
+            with _quiet_browser_logs():
+                image = fig.to_image(format="png", scale=2)
+            atomic_write_bytes(path.with_suffix(".png"), image)
             written.append(path.with_suffix(".png"))
         except Exception:
             pass
     return written
+
+
+@contextlib.contextmanager
+def _quiet_browser_logs():
+    """kaleido drives Chromium through choreographer, which now and then logs a traceback on stderr for a browser
+    message it could not decode and then ignores ("JSONError decoding message. Ignoring"; the PNG is still written):
+    silence those loggers while a PNG renders, so a command's stderr stays its own one-line messages."""
+    loggers = [logging.getLogger(name) for name in ("choreographer", "kaleido", "logistro")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)

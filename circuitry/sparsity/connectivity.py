@@ -64,6 +64,9 @@ class ConnectivityReport:
     n_sequences: int
     per_layer: list[float] = field(default_factory=list)
     per_head: list[list[float]] = field(default_factory=list)  # [layer][head]
+    # share of (query, head) pairs whose gates keep no key at all (such a query reads nothing), overall and per layer
+    no_key: float = 0.0
+    no_key_per_layer: list[float] = field(default_factory=list)
     ce: float | None = None  # held-out cross-entropy with gates on, when measured
 
     def to_dict(self) -> dict:
@@ -90,6 +93,7 @@ def connectivity_of_batches(model, batches: Iterable[tuple[Tensor, Bool[Tensor, 
     kept = torch.zeros(cfg.n_layers, cfg.n_heads, dtype=torch.float64)
     pairs = torch.zeros(cfg.n_layers, dtype=torch.float64)
     queries, n_sequences = 0.0, 0
+    no_key = torch.zeros(cfg.n_layers, dtype=torch.float64)  # (query, head) pairs keeping no key, per layer
     for chunk, v in progress_bar(batches, total=n_batches, desc="connectivity", unit="batch", progress=progress):
         v = torch.ones_like(chunk, dtype=torch.bool) if v is None else v
         n_sequences += len(chunk)
@@ -103,7 +107,9 @@ def connectivity_of_batches(model, batches: Iterable[tuple[Tensor, Bool[Tensor, 
         with gate_mode(model, "eval"):
             model(chunk)
         for layer, logits in gates.last_logits.items():
-            kept[layer] += ((logits > 0) & pair_mask(logits, v)).sum((0, 2, 3)).double()
+            keys = ((logits > 0) & pair_mask(logits, v)).sum(3)  # [batch, head, q]: keys kept per query
+            kept[layer] += keys.sum((0, 2)).double()
+            no_key[layer] += float(((keys == 0) & v[:, None, :]).sum())
             pairs[layer] += n_pairs
     if not n_sequences:
         raise CircuitryError("no sequences to measure connectivity on")
@@ -119,6 +125,8 @@ def connectivity_of_batches(model, batches: Iterable[tuple[Tensor, Bool[Tensor, 
         n_sequences=n_sequences,
         per_layer=[round(float(x), 6) for x in per_head.mean(1)],
         per_head=[[round(float(x), 6) for x in row] for row in per_head],
+        no_key=float(no_key.sum() / (queries * cfg.n_layers * cfg.n_heads)),
+        no_key_per_layer=[round(float(x), 6) for x in no_key / (queries * cfg.n_heads)],
     )
 
 
