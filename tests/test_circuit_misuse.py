@@ -88,3 +88,13 @@ def test_discover_warns_when_clean_and_corrupt_barely_differ():
     with pytest.warns(UserWarning, match=r"is barely above m\(empty\) .* \(less than 10% apart\)"):
         found = discover(model, CustomTask.from_records(records, model, name="near"), "eap", n_prompts=8)
     assert 0 < found.curve.m_full - found.curve.m_empty < 0.1 * found.curve.m_full
+
+
+def test_exact_is_a_discover_method_and_eap_scores_points_to_it():
+    from circuitry import load_model
+    from circuitry.circuits import METHODS
+
+    model = load_model("tiny-dense")
+    assert METHODS == ("eap", "eap-local", "eap-ig", "eap-ig-node", "exact")
+    with pytest.raises(CircuitryError, match=r"unknown attribution method 'exact'; .* \(exact patching is exact_edge_scores\)"):
+        eap_scores(model, get_task("ioi", model), Graph.from_model(model), "exact", n=2)

@@ -1,16 +1,22 @@
-"""Pretraining: the loss goes down; a killed run resumes to the same weights."""
+"""Pretraining: the loss goes down; a killed run resumes to the same weights; `circuitry zoo build` end to end."""
 
 import dataclasses
 import json
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from circuitry import load_model
 from circuitry.artifacts import load_tensors
+from circuitry.cli import app
 from circuitry.errors import CircuitryError
+from circuitry.zoo.language import SyntheticLanguage
 from circuitry.zoo.pretrain import CHECKPOINT, LOG, PretrainConfig, dropout_hooks, pretrain
 from circuitry.zoo.registry import build_model
 from circuitry.zoo.tokenizer import build_tokenizer
+
+runner = CliRunner()
 
 TINY = dict(n_layers=1, n_heads=2, d_model=32, d_mlp=64, n_ctx=32, batch_size=8, lr=1e-2, warmup=2, heldout_sequences=16)
 
@@ -123,3 +129,41 @@ def test_a_corrupted_checkpoint_is_refused_before_resuming(tmp_path):
         load_checkpoint(path, model, opt)
     save_checkpoint(path, model, opt, 3, {"lam": 1.0})
     assert load_checkpoint(path, model, opt)[0] == 3  # an intact one loads
+
+
+def test_zoo_build_then_eval_the_built_model(tmp_path):
+    out = tmp_path / "built"
+    res = runner.invoke(app, ["zoo", "build", "--out", str(out), "--steps", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    meta = json.loads(res.stdout.strip().splitlines()[-1])
+    assert meta["pretrain_config"]["steps"] == 3 and meta["heldout_ce"] > 0 and meta["name"] == "built"
+    assert (out / "plots" / "training_curves.html").exists()  # the training log as a figure
+    res = runner.invoke(app, ["eval", "--task", "sva", "--model", str(out), "--n", "10", "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["n"] == 10
+    res = runner.invoke(app, ["zoo", "build", "--out", str(out), "--steps", "3", "--resume"])
+    assert res.exit_code == 1 and f"nothing to resume: no {out}/checkpoint.safetensors ({out} holds a finished run)" in res.stderr
+
+
+def test_zoo_build_other_architecture(tmp_path):
+    out = tmp_path / "small"
+    args = ["zoo", "build", "--out", str(out), "--steps", "2", "--n-layers", "1", "--n-heads", "2", "--d-model", "16", "--d-mlp", "32",
+            "--ioi-subject-rate", "0.05", "--ioi-share", "0.1", "--dropout", "0.1"]  # fmt: skip
+    res = runner.invoke(app, args + ["--json"])
+    assert res.exit_code == 0, res.output
+    meta = json.loads(res.stdout.strip().splitlines()[-1])
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["n_layers"], cfg["n_heads"], cfg["d_head"], cfg["d_model"], cfg["d_mlp"]) == (1, 2, 8, 16, 32)
+    assert meta["command"].endswith("--steps 2 --seed 0 --n-layers 1 --n-heads 2 --d-model 16 --d-mlp 32 --ioi-subject-rate 0.05 --ioi-share 0.1 --dropout 0.1")
+    assert meta["pretrain_config"]["ioi_subject_rate"] == 0.05 and meta["pretrain_config"]["dropout"] == 0.1
+    # the language travels with the model: sparse post-training (and connectivity, CLTs) read text of it
+    assert SyntheticLanguage.of(load_model(str(out))).options() == {"ioi_subject_rate": 0.05, "ioi_share": 0.1}
+    assert SyntheticLanguage.of(load_model("tiny-dense")).options() == {}
+    res = runner.invoke(app, ["sparsify", "--model", str(out), "--out", str(tmp_path / "sp"), "--steps", "2", "--no-plots", "--json"])
+    assert res.exit_code == 0, res.output
+    assert SyntheticLanguage.of(load_model(str(tmp_path / "sp"))).options() == {"ioi_subject_rate": 0.05, "ioi_share": 0.1}
+    bad_args = ((["--d-model", "10", "--n-heads", "4"], "not divisible"), (["--n-layers", "0"], "n_layers must be positive"),
+                (["--ioi-subject-rate", "0.7"], "subject rate"), (["--ioi-share", "0"], "IOI share"),
+                (["--dropout", "1"], "dropout must be in [0, 1)"))  # fmt: skip
+    for bad, msg in bad_args:
+        res = runner.invoke(app, ["zoo", "build", "--out", str(tmp_path / "bad"), "--steps", "2", *bad])
+        assert res.exit_code == 1 and msg in res.stderr and not (tmp_path / "bad" / "config.json").exists()

@@ -23,12 +23,13 @@ from circuitry.circuits.evaluate import FaithfulnessCurve, default_grid, faithfu
 from circuitry.circuits.graph import Graph
 from circuitry.circuits.multihead import as_multi_head
 from circuitry.circuits.patching import exact_edge_scores
+from circuitry.circuits.scoring import METHODS as ATTRIBUTION_METHODS
 from circuitry.circuits.scoring import eap_scores
 from circuitry.circuits.selection import Circuit, budget_mask, prune
 from circuitry.errors import CircuitryError
 from circuitry.tasks.base import Task
 
-METHODS = ("eap", "eap-local", "eap-ig", "eap-ig-node", "exact")
+METHODS = (*ATTRIBUTION_METHODS, "exact")  # the attribution methods of eap_scores, and exact patching
 
 
 @dataclass

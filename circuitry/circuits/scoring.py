@@ -126,7 +126,8 @@ def eap_scores(
     for EAP-IG). ``progress``: a bar over the batches (None: only on a terminal).
     """
     if method not in METHODS:
-        raise CircuitryError(f"unknown attribution method {method!r}; choose from {', '.join(METHODS)}")
+        hint = " (exact patching is exact_edge_scores)" if method == "exact" else ""
+        raise CircuitryError(f"unknown attribution method {method!r}; choose from {', '.join(METHODS)}{hint}")
     if method in ("eap-ig", "eap-ig-node") and (not isinstance(ig_steps, int) or ig_steps < 1):
         raise CircuitryError(f"ig_steps must be a positive integer, got {ig_steps!r}")
     check_ablation(ablation)
