@@ -36,15 +36,17 @@ times = []
 for step in range(3):
     t0 = time.time()
     opt.zero_grad(set_to_none=True)
+    step_loss = 0.0  # the whole step's loss (mean over micro-batches), not the last micro-batch's
     for part in parts:
         with autocast("bf16" if case == "bf16" else "fp32", "cpu"):
             loss = model(part, return_type="loss") + expected_connectivity(gates)
         (loss / len(parts)).backward()
+        step_loss += loss.item() / len(parts)
     opt.step()
     times.append(time.time() - t0)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"case": case, "trainable_params": sum(p.numel() for p in params), "step_seconds": round(sorted(times)[1], 2),
-                  "peak_rss_mb": round(peak), "peak_over_model_mb": round(peak - base), "loss": round(loss.item(), 4)}))
+                  "peak_rss_mb": round(peak), "peak_over_model_mb": round(peak - base), "loss": round(step_loss, 4)}))
 """
 
 if __name__ == "__main__":

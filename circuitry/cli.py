@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import time
 import warnings
@@ -38,7 +39,7 @@ def one_line_errors(fn: Callable) -> Callable:
             with warnings.catch_warnings():  # a library warning is one 'warning: ...' line, not Python's two
                 warnings.showwarning = lambda message, *_, **__: typer.echo(f"warning: {message}", err=True)
                 result = fn(*args, **kwargs)
-            if kwargs.get("out") is not None:
+            if kwargs.get("out") is not None and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone writes
                 typer.echo(f"outputs in {kwargs['out']}", err=True)
             return result
         except (CircuitryError, OSError) as e:

@@ -81,6 +81,9 @@ def test_empty_out_is_refused_and_library_warnings_are_one_line(tmp_path):
                               text=True, env=env, cwd=tmp_path)  # fmt: skip
         assert proc.returncode == 1 and proc.stderr.strip() == "error: --out is an empty name; give a directory (--out . for the current one)"
     assert list(tmp_path.iterdir()) == []
+    proc = subprocess.run([sys.executable, "-m", "circuitry.cli", "eval", "--task", "ioi", "--n", "2", "--out", "e"], capture_output=True,
+                          text=True, env={**env, "RANK": "1"}, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0 and "outputs in" not in proc.stderr  # under torchrun, rank 0 alone says where its files are
     task = tmp_path / "twice.jsonl"
     record = {"clean": "The capital of Spain is", "corrupt": "The capital of Italy is", "answer": "Madrid", "wrong": "Rome"}
     task.write_text(json.dumps(record) + "\n" + json.dumps(record))
