@@ -161,11 +161,8 @@ def sparsify_cmd(
                          seq_len=seq_len, grad_accum=grad_accum, precision=precision, activation_checkpointing=activation_checkpointing,
                          lora_rank=lora_rank, lora_alpha=lora_alpha, learn_bias=not fixed_bias, renormalise=renormalise)  # fmt: skip
     source = None if data is None else TextData.load(data, dense)  # read and tokenized once, for training and the plots
-    with warnings.catch_warnings(record=True) as caught:  # shown as one 'warning:' line each, not Python's two
-        warnings.simplefilter("always")
-        sparse, meta = sparsify(dense, out, cfg, resume=resume, name=name or out.name, parent=model, data=source)
-    for w in caught:
-        typer.echo(f"warning: {w.message}", err=True)
+    # its warnings (CE above target) print as one line each through one_line_errors
+    sparse, meta = sparsify(dense, out, cfg, resume=resume, name=name or out.name, parent=model, data=source)
     shutdown()  # under torchrun: every rank leaves the process group together; otherwise a no-op
     if meta is None:  # not rank 0 of a torchrun job
         return

@@ -150,5 +150,6 @@ def connectivity_report(model, task=None, n: int = 256, seed: int = 1, data=None
         with gate_mode(model, "eval"), torch.no_grad():  # the CE of the model whose connectivity is reported
             report.ce = round(heldout_ce(model, stream, n, length=seq_len), 5)
         return report
-    prompts = ((b.clean, torch.arange(b.clean.shape[1])[None, :] <= b.answer_pos[:, None]) for b in task.batches(n, seed, 64))
-    return connectivity_of_batches(model, prompts, -(-n // 64), progress)
+    size = 64  # prompts per forward, as for held-out text
+    prompts = ((b.clean, torch.arange(b.clean.shape[1])[None, :] <= b.answer_pos[:, None]) for b in task.batches(n, seed, size))
+    return connectivity_of_batches(model, prompts, -(-n // size), progress)

@@ -116,10 +116,9 @@ def save_model(model, directory: str | Path, meta: dict[str, Any] | None = None)
     atomic_write_json(directory / "config.json", config)
     if model.tokenizer is not None:
         save_tokenizer(model.tokenizer, directory)
-    info = getattr(model, "circuitry_info", {})  # a copy keeps its language and parent (what tasks and compare read)
-    kept = {k: info[k] for k in (*LANGUAGE_OPTIONS, "parent") if k in info}
     from circuitry import __version__
 
+    kept = _provenance(getattr(model, "circuitry_info", {}))  # a copy keeps its language and parent (what tasks and compare read)
     atomic_write_json(directory / "meta.json", {**kept, **(meta or {}), "circuitry_version": __version__, "fingerprint": fp})
     return fp
 
@@ -171,6 +170,11 @@ def load_model_dir(directory: str | Path, name: str | None = None):
     return model
 
 
+def _provenance(record: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a model record that say how the model was made: its language options and its parent."""
+    return {k: record[k] for k in (*LANGUAGE_OPTIONS, "parent") if k in record}
+
+
 def _about(path: Path, weights_fingerprint: str) -> dict[str, Any]:
     """What ``meta.json`` (optional) says about how the model was made: its language options and parent, checked to
     describe these weights and to be a language the generator accepts."""
@@ -182,7 +186,7 @@ def _about(path: Path, weights_fingerprint: str) -> dict[str, Any]:
             raise CircuitryError(f"{path} must be a JSON object (how the model was made)")
         if about.get("fingerprint", weights_fingerprint) != weights_fingerprint:
             raise CircuitryError(f"{path} describes other weights (fingerprint {about['fingerprint']}, the weights' {weights_fingerprint})")
-        kept = {k: about[k] for k in (*LANGUAGE_OPTIONS, "parent") if k in about}
+        kept = _provenance(about)
         SyntheticLanguage(**{k: v for k, v in kept.items() if k != "parent"})  # its checks, naming this file if they fail
     return kept
 
