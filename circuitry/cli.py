@@ -202,7 +202,7 @@ def connectivity_cmd(
         check_task_name(task)
     m = load_model(model)
     report = connectivity_report(m, get_task(task, m) if task else None, n=n, seed=seed, data=data, progress=None)
-    result = {**report.to_dict(), "model": model, "task": task, "data": None if data is None else str(data)}
+    result = {**report.to_dict(), "model": model, "task": task}  # data: the held-out text's source and fingerprint
     if out is not None:
         from circuitry.plotting import head_connectivity, save_figure
 

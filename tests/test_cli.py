@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from circuitry import get_task, load_model
 from circuitry.circuits import faithfulness, load_circuit
 from circuitry.cli import app
+from circuitry.data import TextData
 from circuitry.zoo.language import SyntheticLanguage
 from circuitry.zoo.registry import ZOO_DIR
 
@@ -114,12 +115,14 @@ def test_sparsify_and_connectivity_commands(tmp_path):
     rep = json.loads(res.stdout)
     assert {"model", "connectivity", "keys_per_query", "floor", "ce", "per_layer"} <= rep.keys()
     assert rep["floor"] == 2 / 65 and len(rep["per_layer"]) == 4 and 0 < rep["connectivity"] <= 1
+    assert rep["data"] == {"source": "synthetic"}  # the model's own language, default options
     own = tmp_path / "own.jsonl"  # a user's own text (here: sentences of the same language, as documents)
     own.write_text("\n".join(json.dumps({"text": " ".join(SyntheticLanguage().sentences(i, 30))}) for i in range(20)))
     res = runner.invoke(app, ["connectivity", "--model", str(out), "--n", "16", "--json", "--data", str(own)])
     assert res.exit_code == 0, res.output
     mine = json.loads(res.stdout)
-    assert mine["data"] == str(own) and 0 < mine["n_sequences"] <= 16 and mine["ce"] != rep["ce"]  # its held-out 5%
+    own_data = TextData.load(own, load_model(out))  # recorded: the file's absolute path and its tokens' fingerprint
+    assert mine["data"] == own_data.info() and mine["data"]["source"] == str(own.resolve()) and 0 < mine["n_sequences"] <= 16 and mine["ce"] != rep["ce"]  # its held-out 5%
     res = runner.invoke(app, ["sparsify", "--out", str(out), "--steps", "2"])
     assert res.exit_code == 1 and "already holds a model" in res.stderr  # never overwrites a finished model
 

@@ -68,6 +68,7 @@ class ConnectivityReport:
     no_key: float = 0.0
     no_key_per_layer: list[float] = field(default_factory=list)
     ce: float | None = None  # held-out cross-entropy with gates on, when measured
+    data: dict | None = None  # the held-out text's source (``info()``: path or language, tokens, fingerprint)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -149,6 +150,7 @@ def connectivity_report(model, task=None, n: int = 256, seed: int = 1, data=None
         report = connectivity_of_batches(model, ((b, None) for b in batches), n_batches, progress)
         with gate_mode(model, "eval"), torch.no_grad():  # the CE of the model whose connectivity is reported
             report.ce = round(heldout_ce(model, stream, n, length=seq_len), 5)
+        report.data = stream.info()
         return report
     size = 64  # prompts per forward, as for held-out text
     prompts = ((b.clean, torch.arange(b.clean.shape[1])[None, :] <= b.answer_pos[:, None]) for b in task.batches(n, seed, size))
