@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from tqdm.auto import tqdm
+from tqdm.auto import tqdm  # widget bars in a notebook with ipywidgets, text bars elsewhere; every bar comes from here
 
 
 def progress_bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", unit: str = "it",

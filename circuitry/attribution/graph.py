@@ -16,11 +16,11 @@ import einops
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from circuitry.artifacts import load_tensors, save_tensors
 from circuitry.attribution.replacement import FrozenPoint, backward_rows, constant_injections, freeze, frozen_forward, write_points
 from circuitry.errors import CircuitryError
+from circuitry.progress import tqdm
 from circuitry.tasks.base import check_context, prompt_tokens
 from circuitry.transcoders.clt import CrossLayerTranscoder, check_has_mlps
 from circuitry.transcoders.io import scan_name

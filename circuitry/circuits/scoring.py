@@ -123,7 +123,7 @@ def eap_scores(
     ``task_or_batches``: a Task (``n`` prompts from ``seed``, in batches of ``batch_size``), a
     TaskBatch or a list of them (then pass ``metric``). Memory grows with the batch size only:
     one corrupted forward, one clean forward and one backward per batch (``ig_steps`` backwards
-    for EAP-IG). ``progress``: a bar over the batches (None: only on a terminal).
+    for EAP-IG). ``progress``: a bar over the prompts, stepping once per batch (None: only on a terminal).
     """
     if method not in METHODS:
         hint = " (exact patching is exact_edge_scores)" if method == "exact" else ""
@@ -139,7 +139,8 @@ def eap_scores(
     ablation = resolve_ablation(model, graph, batches, ablation)  # mean: over all n prompts, not per batch
     total = torch.zeros(graph.valid.shape, dtype=torch.float64)
     n_prompts = 0
-    for batch in progress_bar(batches, desc=f"{method} scores", unit="batch", progress=progress):
+    bar = progress_bar(total=sum(len(b) for b in batches), desc=f"{method} scores", unit="prompt", progress=progress)
+    for batch in batches:
         if method == "eap-local":
             total += local_batch_scores(model, graph, batch, metric_fn, ablation)
         elif method == "eap-ig-node":
@@ -147,6 +148,8 @@ def eap_scores(
         else:
             total += _batch_scores(model, graph, batch, metric_fn, method, ig_steps, ablation)
         n_prompts += len(batch)
+        bar.update(len(batch))
+    bar.close()
     scores = graph.from_matrix(total / n_prompts).float()
     graph.scores = scores
     return scores

@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from circuitry.artifacts import reading
 from circuitry.checkpoint import nonfinite_loss, prepare_run_dir, resume_run, save_checkpoint, trim_log
@@ -28,6 +27,7 @@ from circuitry.data import check_length, check_same_data, token_source
 from circuitry.distributed import barrier, is_main, mean_over_ranks, rank_and_world, shard, wrap
 from circuitry.errors import CircuitryError
 from circuitry.lora import add_lora, lora_target_of, merge_lora
+from circuitry.progress import tqdm
 from circuitry.sparsity.connectivity import expected_connectivity, measure_connectivity
 from circuitry.sparsity.gates import attach_gates, check_dense
 from circuitry.training import (

@@ -19,13 +19,13 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from circuitry.artifacts import reading
 from circuitry.checkpoint import nonfinite_loss, prepare_run_dir, resume_run, save_checkpoint, trim_log
 from circuitry.data import check_length, check_same_data, token_source
 from circuitry.distributed import barrier, is_main, mean_over_ranks, shard, wrap
 from circuitry.errors import CircuitryError
+from circuitry.progress import tqdm
 from circuitry.training import autocast, check_fields, check_options, deterministic, micro_batches, no_sync
 from circuitry.transcoders.clt import CLTConfig, CrossLayerTranscoder, check_has_mlps
 

@@ -17,10 +17,10 @@ from typing import Any, Iterator
 import torch
 from jaxtyping import Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from circuitry.checkpoint import nonfinite_loss, prepare_run_dir, resume_run, save_checkpoint, trim_log
 from circuitry.errors import CircuitryError
+from circuitry.progress import tqdm
 from circuitry.training import deterministic
 from circuitry.zoo.language import LANGUAGE_OPTIONS, SHIPPED_IOI_SHARE, SyntheticLanguage
 from circuitry.zoo.registry import build_model, save_model
