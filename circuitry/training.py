@@ -20,6 +20,16 @@ from circuitry.errors import CircuitryError
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+@contextmanager
+def gradients(what: str) -> Iterator[None]:
+    """Autograd on for ``what`` (also as a decorator), whatever the caller set: ``torch.set_grad_enabled(False)``
+    at the top of a notebook is common. ``torch.inference_mode()`` cannot be left from inside, so it is refused."""
+    if torch.is_inference_mode_enabled():
+        raise CircuitryError(f"{what} needs gradients: call it outside torch.inference_mode()")
+    with torch.enable_grad():
+        yield
+
+
 def check_fields(cfg: Any, positive: Iterable[str] = (), non_negative: Iterable[str] = ()) -> None:
     """Refuse a training config with a NaN / infinite number, or a listed field (when set) that is not > 0 / >= 0,
     before any work is done (a NaN learning rate would only surface as a 'non-finite loss' later)."""

@@ -179,6 +179,17 @@ def test_influence_is_the_geometric_series_and_pruning_keeps_inputs_and_outputs(
     assert torch.equal(everything.edge_mask, between)
 
 
+def test_graphs_build_with_autograd_switched_off_and_refuse_inference_mode():
+    model, clt, tokens = random_setup("gpt2-style", seed=5)
+    graph = build_graph(model, clt, tokens, max_logits=2)
+    with torch.no_grad():  # as at the top of many notebooks
+        off = build_graph(model, clt, tokens, max_logits=2)
+        assert torch.equal(off.adjacency, graph.adjacency)
+        assert torch.equal(attention_split(model, clt, off)["mass"], attention_split(model, clt, graph)["mass"])
+    with torch.inference_mode(), pytest.raises(CircuitryError, match="attribution needs gradients: call it outside"):
+        build_graph(model, clt, tokens, max_logits=2)
+
+
 def test_graph_save_load_round_trip_and_networkx(tmp_path):
     model, clt, tokens = random_setup("gpt2-style", seed=6)
     graph = apply_pruning(build_graph(model, clt, tokens, max_logits=2))

@@ -98,3 +98,16 @@ def test_exact_is_a_discover_method_and_eap_scores_points_to_it():
     assert METHODS == ("eap", "eap-local", "eap-ig", "eap-ig-node", "exact")
     with pytest.raises(CircuitryError, match=r"unknown attribution method 'exact'; .* \(exact patching is exact_edge_scores\)"):
         eap_scores(model, get_task("ioi", model), Graph.from_model(model), "exact", n=2)
+
+
+def test_gradient_methods_run_under_no_grad_and_refuse_inference_mode():
+    """Notebooks often switch autograd off at the top: the scores are the same; inference mode is refused."""
+    model = build_model(BASE, None, seed=0)
+    graph, batch = Graph.from_model(model), random_batch(0)
+    for method in ("eap", "eap-local", "eap-ig", "eap-ig-node"):
+        ref = eap_scores(model, batch, graph, method, ig_steps=2, metric=logit_diff)
+        with torch.no_grad():
+            assert torch.equal(eap_scores(model, batch, graph, method, ig_steps=2, metric=logit_diff), ref), method
+        with torch.inference_mode(), pytest.raises(CircuitryError, match="attribution patching needs gradients: call it outside torch.inference_mode"):
+            eap_scores(model, batch, graph, method, ig_steps=2, metric=logit_diff)
+    assert torch.is_grad_enabled()  # and the caller's setting is back

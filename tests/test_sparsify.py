@@ -58,6 +58,20 @@ def test_interrupted_sparsify_resumes_to_identical_weights(small_tokenizer, tmp_
     assert strip(cut_log) == strip(full_log)
 
 
+def test_sparsify_runs_with_autograd_switched_off_and_refuses_inference_mode(small_tokenizer, tmp_path):
+    cfg = SparsifyConfig(**{**CFG, "steps": 2})
+    sparsify(tiny(small_tokenizer), tmp_path / "ref", cfg, progress=False)
+    with torch.no_grad():  # as at the top of many notebooks: training switches autograd on for itself
+        sparsify(tiny(small_tokenizer), tmp_path / "off", cfg, progress=False)
+    a, _ = load_tensors(tmp_path / "ref" / "model.safetensors")
+    b, _ = load_tensors(tmp_path / "off" / "model.safetensors")
+    assert not torch.equal(a["gates.bias"], torch.full_like(a["gates.bias"], a["gates.bias"].flatten()[0]))  # trained
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with torch.inference_mode(), pytest.raises(CircuitryError, match="sparse post-training needs gradients"):
+        sparsify(tiny(small_tokenizer), tmp_path / "inf", cfg, progress=False)
+    assert not (tmp_path / "inf").exists()
+
+
 def test_saved_sparse_model_loads_with_deterministic_gates(small_tokenizer, tmp_path):
     model, meta = sparsify(tiny(small_tokenizer), tmp_path / "s", SparsifyConfig(**CFG), progress=False)
     again = load_model(str(tmp_path / "s"))

@@ -144,7 +144,8 @@ def test_training_reduces_loss_and_resume_is_exact(dense, tmp_path):
     (tmp_path / "b" / "train_log.jsonl").write_text("\n".join(log[:15]) + "\n")
     with pytest.raises(CircuitryError, match="different config"):
         train_clt(dense, tmp_path / "b", CLTTrainConfig(**{**cfg.__dict__, "steps": 30}), resume=True, progress=False)
-    resumed, _ = train_clt(dense, tmp_path / "b", cfg, resume=True, progress=False)
+    with torch.no_grad():  # autograd switched off by the caller (as in many notebooks): training turns it on
+        resumed, _ = train_clt(dense, tmp_path / "b", cfg, resume=True, progress=False)
     for (n, p), (_, q) in zip(full.named_parameters(), resumed.named_parameters()):
         assert torch.equal(p, q), n
     strip = lambda lines: [{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in lines]  # noqa: E731

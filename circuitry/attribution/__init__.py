@@ -13,6 +13,7 @@ from circuitry.attribution.export import to_circuit_tracer_json, write_circuit_t
 from circuitry.attribution.graph import AttributionGraph, build_graph, salient_logits, target_values
 from circuitry.attribution.prune import apply_pruning, graph_scores, prune
 from circuitry.progress import progress_bar
+from circuitry.training import gradients
 
 __all__ = [
     "AttributionGraph", "build_graph", "salient_logits", "target_values", "prune", "apply_pruning", "graph_scores",
@@ -21,6 +22,7 @@ __all__ = [
 ]  # fmt: skip
 
 
+@gradients("attribution")
 def attribute(model, clt, prompt: str, node_threshold: float = 0.8, edge_threshold: float = 0.98,
               max_logits: int = 10, desired_logit_prob: float = 0.95, attention: bool = True,
               attention_pruned: bool = False, progress: bool = False) -> AttributionGraph:  # fmt: skip

@@ -20,6 +20,7 @@ from torch import Tensor
 from circuitry.attribution.graph import AttributionGraph, frozen_point, target_rows
 from circuitry.attribution.prune import edge_influence
 from circuitry.attribution.replacement import backward_rows, frozen_forward, write_points
+from circuitry.training import gradients
 
 
 def _cover(mass: Tensor, fraction: float) -> int:
@@ -59,6 +60,7 @@ def source_writes(graph: AttributionGraph, clt, sources: Tensor) -> list[Tensor]
     return out
 
 
+@gradients("attention attribution")
 def attention_split(model, clt, graph: AttributionGraph, batch_size: int = 256, pruned: bool = False) -> dict[str, Tensor]:
     """Split every cross-position edge of the graph by last hop: all edges (default), or only the edges kept by
     pruning (``pruned=True``; pruning is circuit-tracer's display step, and it drops the tail whose spread

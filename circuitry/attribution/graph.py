@@ -22,6 +22,7 @@ from circuitry.attribution.replacement import FrozenPoint, backward_rows, consta
 from circuitry.errors import CircuitryError
 from circuitry.progress import tqdm
 from circuitry.tasks.base import check_context, prompt_tokens
+from circuitry.training import gradients
 from circuitry.transcoders.clt import CrossLayerTranscoder, check_has_mlps
 from circuitry.transcoders.io import scan_name
 
@@ -216,6 +217,7 @@ def check_pair(model, clt: CrossLayerTranscoder) -> None:
         raise CircuitryError(f"the transcoder is {dtype} and the model {model.cfg.dtype}; convert one, e.g. clt.to(model.cfg.dtype)")
 
 
+@gradients("attribution")
 def build_graph(
     model,
     clt: CrossLayerTranscoder,

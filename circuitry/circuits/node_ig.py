@@ -79,8 +79,8 @@ def _chunk_grads(model, graph: Graph, batch: TaskBatch, metric_fn: Metric, resid
     for j in range(steps):
         alpha = (j + 0.5) / steps
         leaf = torch.zeros(k, b, p, d, dtype=diff.dtype, device=diff.device, requires_grad=True)
-        move = alpha * shift + leaf  # the gradient w.r.t. leaf is the gradient at x_v(α)
         with torch.enable_grad():
+            move = alpha * shift + leaf  # the gradient w.r.t. leaf is the gradient at x_v(α)
             if layer == graph.n_layers:  # the logits' input: the final residual stream
                 logits = model(x0 + move.reshape(k * b, p, d), start_at_layer=layer)
             else:

@@ -37,6 +37,7 @@ from circuitry.circuits.patching import (
 from circuitry.errors import CircuitryError
 from circuitry.progress import progress_bar
 from circuitry.tasks.base import Task, TaskBatch
+from circuitry.training import gradients
 
 METHODS = ("eap", "eap-local", "eap-ig", "eap-ig-node")
 
@@ -104,6 +105,7 @@ def _batch_scores(
     return out
 
 
+@gradients("attribution patching")
 def eap_scores(
     model,
     task_or_batches: Task | TaskBatch | Iterable[TaskBatch],

@@ -38,6 +38,7 @@ from circuitry.training import (
     micro_batches,
     no_sync,
     rng_rewinder,
+    gradients,
     set_activation_checkpointing,
 )
 from circuitry.zoo.pretrain import heldout_ce
@@ -87,6 +88,7 @@ class SparsifyConfig:
             raise CircuitryError("lora_alpha (--lora-alpha) scales LoRA adapters: it needs lora_rank (--lora-rank) > 0")
 
 
+@gradients("sparse post-training")
 def sparsify(
     model, out: str | Path, cfg: SparsifyConfig, resume: bool = False, name: str | None = None, parent: str | None = None,
     progress: bool = True, data=None,

@@ -26,7 +26,7 @@ from circuitry.data import check_length, check_same_data, token_source
 from circuitry.distributed import barrier, is_main, mean_over_ranks, shard, wrap
 from circuitry.errors import CircuitryError
 from circuitry.progress import tqdm
-from circuitry.training import autocast, check_fields, check_options, deterministic, micro_batches, no_sync
+from circuitry.training import autocast, check_fields, check_options, deterministic, gradients, micro_batches, no_sync
 from circuitry.transcoders.clt import CLTConfig, CrossLayerTranscoder, check_has_mlps
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -113,6 +113,7 @@ def calibrate_scales(clt: CrossLayerTranscoder, x: Tensor, y: Tensor) -> None:
         clt.b_dec.copy_(y.mean(0))
 
 
+@gradients("CLT training")
 def train_clt(
     model, out: str | Path, cfg: CLTTrainConfig, resume: bool = False, progress: bool = True, data=None
 ) -> tuple[CrossLayerTranscoder, dict[str, Any]]:

@@ -21,7 +21,7 @@ from torch import Tensor
 from circuitry.checkpoint import nonfinite_loss, prepare_run_dir, resume_run, save_checkpoint, trim_log
 from circuitry.errors import CircuitryError
 from circuitry.progress import tqdm
-from circuitry.training import deterministic
+from circuitry.training import deterministic, gradients
 from circuitry.zoo.language import LANGUAGE_OPTIONS, SHIPPED_IOI_SHARE, SyntheticLanguage
 from circuitry.zoo.registry import build_model, save_model
 
@@ -162,6 +162,7 @@ def lr_at(cfg: PretrainConfig, step: int) -> float:
     return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+@gradients("pretraining")
 def pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False, name: str | None = None, progress: bool = True):
     """Train and write a model directory at ``out``; returns the model. Resumes from ``out``'s checkpoint.
     ``name``: the model's name in its meta.json, by default ``out``'s folder name."""
