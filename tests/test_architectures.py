@@ -62,12 +62,13 @@ def test_gates_detach_exactly_and_train_one_step(arch):
         assert torch.equal(model(x), before)
 
 
-def test_component_graph_edge_count(arch):
+def test_component_graph_edge_count(arch, capsys):
     name, model = arch
     if is_grouped_query(model):
         with pytest.raises(CircuitryError, match="as_multi_head"):
             Graph.from_model(model)
         mha = as_multi_head(model)
+        assert capsys.readouterr().out == ""  # nothing on stdout (--json output stays one JSON object)
         x = tokens(model)
         with torch.no_grad():
             assert torch.allclose(mha(x), model(x), atol=1e-5)  # the same function, per-head keys/values

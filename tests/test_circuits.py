@@ -80,6 +80,14 @@ def test_grouped_query_and_bad_inputs_are_rejected():
     with pytest.raises(CircuitryError, match="graph is for"):
         other = build_model({**BASE, "n_layers": 3}, seed=0)
         run_with_edges(other, batch, graph, torch.ones(graph.n_edges, dtype=torch.bool))
+    parallel = build_model(BASE, seed=0)
+    parallel.cfg.parallel_attn_mlp = True  # the same shapes, but its MLPs do not read their own layer's heads
+    p_graph = Graph.from_model(parallel)
+    assert p_graph.n_edges == graph.n_edges - 2 * BASE["n_heads"]
+    for m, g, message in ((model, p_graph, "graph is for a model with parallel attention and MLP; the model has none"),
+                          (parallel, graph, "graph is for a model without parallel attention and MLP; the model has")):  # fmt: skip
+        with pytest.raises(CircuitryError, match=message):
+            run_with_edges(m, batch, g, torch.ones(g.n_edges, dtype=torch.bool))
 
 
 def test_exact_scores_match_manual_hooks(dense, ioi, exact_ioi):

@@ -64,13 +64,14 @@ def test_circuit_graph_draws_each_edge_apart_with_its_sign():
     from circuitry.circuits import Graph
     from circuitry.circuits.selection import Circuit
     from circuitry.plotting import circuit_graph, head_importance
-    from circuitry.plotting.circuits import HELPS, HURTS
+    from circuitry.plotting.circuits import HELPS, HURTS, NEITHER
 
     graph = Graph.from_model(load_model("tiny-dense"))
     scores = torch.randn(graph.n_edges, generator=torch.Generator().manual_seed(0))
     mask = torch.zeros(graph.n_edges, dtype=torch.bool)
     names = graph.edge_names
     picked = [names.index(f"a0.h3->a2.h1<{c}>") for c in "qkv"] + [i for i, n in enumerate(names) if n.startswith("m0->")][:9]
+    scores[picked[-2:]] = 0.0  # an edge that neither supports nor works against the task
     mask[picked] = True
     circuit = Circuit.from_mask(graph, mask, scores)
     fig = circuit_graph(circuit, title="tiny-dense, test")
@@ -81,7 +82,8 @@ def test_circuit_graph_draws_each_edge_apart_with_its_sign():
     by_name = {text.split("<br>")[0]: (text, colour) for text, colour in zip(hover.text, hover.marker.color)}
     for i in picked:
         text, colour = by_name[names[i]]
-        assert f"score {float(scores[i]):.4g}" in text and colour == (HELPS if scores[i] <= 0 else HURTS)
+        assert f"score {float(scores[i]):.4g}" in text and colour == (HELPS if scores[i] < 0 else HURTS if scores[i] > 0 else NEITHER)
+    assert sum(c == NEITHER for c in hover.marker.color) == 2 and "score 0" in [t.name for t in fig.data]
     assert fig.layout.title.text.startswith("tiny-dense, test: 12 edges")
 
     heat = head_importance(graph, scores, circuit).data[0]
@@ -159,6 +161,7 @@ def test_figures_take_the_library_objects_as_well_as_their_dicts():
     found = discover(model, get_task("ioi", model), "eap", n_prompts=4, grid_points=3)
     one, named = faithfulness_curves(found), faithfulness_curves({"tiny-dense": found})
     assert one.to_dict() == named.to_dict() and one.data[0].name == "tiny-dense"
+    assert "4 prompts, scored on seed 0, measured on seed 1" in one.layout.title.text  # discover's two prompt sets
     assert list(one.data[0].y) == [p.f for p in sorted(found.curve.points + found.curve.refined, key=lambda p: p.budget) if p.n_edges > 0]
     bare = faithfulness_curves({"tiny-dense": found.curve})  # faithfulness_curve's own result plots the same points
     assert list(bare.data[0].x) == list(one.data[0].x) and list(bare.data[0].y) == list(one.data[0].y)

@@ -180,6 +180,10 @@ class Graph:
                 f"graph is for {self.n_layers} layers x {self.n_heads} heads (mlp={self.has_mlp}); model has "
                 f"{cfg.n_layers} x {cfg.n_heads} (mlp={not cfg.attn_only})"
             )
+        parallel = bool(getattr(cfg, "parallel_attn_mlp", False))
+        if parallel != self.parallel:  # a parallel block's MLP does not read its own layer's heads: other edges
+            raise CircuitryError(f"graph is for a model with{'' if self.parallel else 'out'} parallel attention and MLP; "
+                                 f"the model has{'' if parallel else ' none'}")  # fmt: skip
         check_model(model)
         gates = getattr(model, "gates", None)
         if gates is not None and gates.mode == "train":

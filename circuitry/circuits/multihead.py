@@ -49,7 +49,7 @@ def as_multi_head(model):
         state[name] = value
     missing, unexpected = mha.load_state_dict(state, strict=False)
     assert not unexpected and all(k.endswith((".mask", ".IGNORE")) for k in missing), (missing, unexpected)
-    mha.to(next(model.parameters()).device)
+    mha.to(next(model.parameters()).device, print_details=False)  # TransformerLens prints "Moving model to device" otherwise
     gates = getattr(model, "gates", None)
     if gates is not None:
         copy_ = AttentionGates(cfg.n_layers, cfg.n_heads, renormalise=gates.renormalise)

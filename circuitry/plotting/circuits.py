@@ -28,7 +28,8 @@ def faithfulness_curves(results) -> go.Figure:
     first = next(iter(results.values()))
     fig.update_xaxes(type="log", title="edges in circuit (after pruning)")
     fig.update_yaxes(title="faithfulness f")
-    about = (f"{first.task} ({first.method}, {first.ablation} ablation, {first.n_prompts} prompts, seed {first.seed})" if hasattr(first, "curve")
+    about = (f"{first.task} ({first.method}, {first.ablation} ablation, {first.n_prompts} prompts, "
+              f"scored on seed {first.seed}, measured on seed {first.seed + 1})" if hasattr(first, "curve")
              else f"{first.ablation} ablation, {first.n_prompts} prompts, {first.selection} selection")  # fmt: skip
     fig.update_layout(title=f"Faithfulness: {about}", width=800, height=450)
     return fig
@@ -37,7 +38,7 @@ def faithfulness_curves(results) -> go.Figure:
 # where an edge ends on a head: q, k and v inputs are three ports above, at and below the node, so edges from one
 # source into the three inputs of one head are three lines, not one
 PORT = {"q": -0.22, "k": 0.0, "v": 0.22, "": 0.0}
-HELPS, HURTS = "royalblue", "crimson"
+HELPS, HURTS, NEITHER = "royalblue", "crimson", "darkgrey"
 
 
 def _node_xy(graph, node: str) -> tuple[float, float]:
@@ -90,7 +91,8 @@ def circuit_graph(circuit, scores=None, title: str | None = None) -> go.Figure:
             color, width, text = "grey", 1.5, names[i]
         else:
             s = float(scores[i])
-            color, width, text = HELPS if s <= 0 else HURTS, 1 + 5 * abs(s) / (top or 1.0), f"{names[i]}<br>score {s:.4g}"
+            color = HELPS if s < 0 else HURTS if s > 0 else NEITHER
+            width, text = 1 + 5 * abs(s) / (top or 1.0), f"{names[i]}<br>score {s:.4g}"
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", showlegend=False, hoverinfo="skip",
                                  line=dict(color=color, dash=DASH[ch], width=width)))  # fmt: skip
         for key, value in (("x", xs[len(xs) // 2]), ("y", ys[len(ys) // 2]), ("text", text), ("color", color)):
@@ -102,6 +104,8 @@ def circuit_graph(circuit, scores=None, title: str | None = None) -> go.Figure:
                              textposition="top center", marker=dict(size=12, color="black"), showlegend=False,
                              hovertext=circuit.nodes, hoverinfo="text"))  # fmt: skip
     legend = [("supports the task (score < 0)", HELPS, "solid"), ("works against it (score > 0)", HURTS, "solid")] if scores is not None else []
+    if NEITHER in mids["color"]:
+        legend.append(("score 0", NEITHER, "solid"))
     legend += [("q input (enters above)", "grey", "dot"), ("k input (level)", "grey", "dash"), ("v input (below) / MLP / logits", "grey", "solid")]
     for label, color, dash in legend:
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=label, line=dict(color=color, dash=dash, width=2)))
