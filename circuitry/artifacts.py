@@ -128,6 +128,14 @@ def fingerprint(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
+def content_fingerprint(tensors: dict[str, torch.Tensor], meta: dict[str, Any], meta_key: str) -> str:
+    """:func:`fingerprint` of the tensors and their JSON header together (``meta`` without the fingerprint itself
+    and the version keys :func:`save_tensors` adds; hashed as a byte tensor named ``meta_key``): a flipped byte
+    anywhere in the file is caught on load."""
+    header = json.dumps({k: v for k, v in meta.items() if k not in ("fingerprint", "circuitry_version", "format_version")}, sort_keys=True)
+    return fingerprint({**tensors, meta_key: torch.frombuffer(bytearray(header.encode()), dtype=torch.uint8)})
+
+
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Atomically write ``tensors`` as safetensors with ``meta`` (JSON) in the header."""
     from circuitry import __version__

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from circuitry.artifacts import atomic_write_bytes, check_finite, check_out_dir, fingerprint, load_tensors, reading, save_tensors
+from circuitry.artifacts import atomic_write_bytes, check_finite, check_out_dir, content_fingerprint, load_tensors, reading, save_tensors
 from circuitry.errors import CircuitryError
 
 
@@ -42,13 +42,7 @@ def save_checkpoint(
         "state": state or {},
         "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars},
     }
-    save_tensors(path, out, {**meta, "fingerprint": _fingerprint(out, meta)})
-
-
-def _fingerprint(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
-    """Of the tensors and the run state together: a flipped byte anywhere is caught on resume."""
-    header = json.dumps({k: v for k, v in meta.items() if k not in ("fingerprint", "circuitry_version", "format_version")}, sort_keys=True)
-    return fingerprint({**tensors, "checkpoint.meta": torch.frombuffer(bytearray(header.encode()), dtype=torch.uint8)})
+    save_tensors(path, out, {**meta, "fingerprint": content_fingerprint(out, meta, "checkpoint.meta")})
 
 
 def load_checkpoint(
@@ -57,7 +51,7 @@ def load_checkpoint(
     """Restore model, optimiser and torch RNG in place; returns (step, state, extra tensors)."""
     with reading(path):  # a hand-edited or foreign checkpoint fails with one line
         tensors, meta = load_tensors(path, kind="checkpoint")
-        if "fingerprint" in meta and _fingerprint(tensors, meta) != meta["fingerprint"]:  # (older checkpoints have none)
+        if "fingerprint" in meta and content_fingerprint(tensors, meta, "checkpoint.meta") != meta["fingerprint"]:  # (older checkpoints have none)
             raise CircuitryError(f"checkpoint {path} does not match its recorded fingerprint (corrupt or modified)")
         check_finite(tensors, path)
         step, state_out = int(meta["step"]), json.loads(json.dumps(meta["state"]))  # checked before anything changes
@@ -109,8 +103,10 @@ def nonfinite_loss(step: int, ckpt: Path, what: str = "loss") -> CircuitryError:
     return CircuitryError(f"non-finite {what} at step {step}; {kept}")
 
 
-def resume_run(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: Any) -> tuple[int, dict[str, Any]]:
-    """Restore a run from its checkpoint, refusing one made with a different config (a dataclass).
+def resume_run(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: Any,
+               source: str | None = None) -> tuple[int, dict[str, Any]]:  # fmt: skip
+    """Restore a run from its checkpoint, refusing one made with a different config (a dataclass) or, when
+    ``source`` is given (the fingerprint of the model the run starts from or reads), one made from another model.
 
     A checkpoint written before an option existed lacks its key; it counts as made with that option's default, so
     a run interrupted across an upgrade resumes when the option is left at its default.
@@ -123,6 +119,10 @@ def resume_run(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.
         saved = {**{k: defaults[k] for k in config.keys() - saved.keys() if k in defaults}, **saved}
     if saved != config:
         raise CircuitryError(f"{path} was made with a different config; rerun with the same options")
+    made_from = state.get("source_model")  # (older checkpoints do not record it)
+    if source is not None and made_from is not None and made_from != source:
+        raise CircuitryError(f"{path} was made from another model (fingerprint {made_from}; this one {source}); "
+                             "rerun with the same --model")  # fmt: skip
     return step, state
 
 

@@ -15,7 +15,7 @@ import typer
 
 from circuitry.artifacts import check_out_dir, staged_output
 from circuitry.data import DATA_HELP
-from circuitry.errors import CircuitryError
+from circuitry.errors import CircuitryError, check_flags
 from circuitry.zoo.language import SHIPPED_IOI_SHARE
 from circuitry.zoo.pretrain import PretrainConfig
 
@@ -148,11 +148,8 @@ def sparsify_cmd(
     from circuitry.sparsity import SparsifyConfig, sparsify
     from circuitry.zoo.registry import load_model
 
-    for flag, value in (("--steps", steps), ("--batch-size", batch_size), ("--lr", lr), ("--qk-lr", qk_lr), ("--bias-lr", bias_lr)):
-        if not value > 0:
-            raise CircuitryError(f"{flag} must be a positive number, got {value}")
-    if not tolerance >= 0:
-        raise CircuitryError(f"--tolerance must be a number >= 0, got {tolerance}")
+    check_flags({"--steps": steps, "--batch-size": batch_size, "--lr": lr, "--qk-lr": qk_lr, "--bias-lr": bias_lr},
+                  {"--tolerance": tolerance})
     init_from_env()  # under torchrun: join the process group (DDP); otherwise a no-op
     dense = load_model(model)
     if getattr(dense, "gates", None) is not None:

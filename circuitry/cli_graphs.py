@@ -13,9 +13,11 @@ import typer
 from circuitry.artifacts import staged_output
 from circuitry.cli_circuits import warn_pair_order
 from circuitry.data import DATA_HELP
-from circuitry.errors import CircuitryError
+from circuitry.errors import CircuitryError, check_flags
 
 clt_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Cross-layer transcoders.")
+NODE_HELP = "Influence pruning: the share of influence on the logits the kept nodes carry (1.0 keeps every node with any)."
+EDGE_HELP = "Influence pruning: the share of edge influence kept (1.0 keeps every edge with any)."
 
 
 def _model_and_clt(model: str, clt: Optional[Path]):
@@ -63,8 +65,7 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
         from circuitry.transcoders import CLTTrainConfig, train_and_save
         from circuitry.zoo.registry import load_model
 
-        if steps <= 0 or features <= 0:
-            raise CircuitryError("--steps and --features must be positive")
+        check_flags({"--steps": steps, "--features": features, "--batch-size": batch_size}, {"--sparsity": sparsity})
         init_from_env()  # under torchrun: join the process group (DDP); otherwise a no-op
         m = load_model(model)
         cfg = CLTTrainConfig(d_transcoder=features, cross_layer=not per_layer, steps=steps, batch_size=batch_size,
@@ -118,8 +119,8 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
         prompt: str = typer.Argument(..., help="The prompt (BOS is prepended)."),
         model: str = typer.Option("tiny-dense", "--model"),
         clt: Optional[Path] = typer.Option(None, "--clt", help="Transcoder directory (default: the model's shipped one)."),
-        node_threshold: float = typer.Option(0.8, "--node-threshold"),
-        edge_threshold: float = typer.Option(0.98, "--edge-threshold"),
+        node_threshold: float = typer.Option(0.8, "--node-threshold", help=NODE_HELP),
+        edge_threshold: float = typer.Option(0.98, "--edge-threshold", help=EDGE_HELP),
         attention_pruned: bool = typer.Option(False, "--attention-pruned", help="Attention figures over the pruned graph only (default: every edge)."),
         out: Optional[Path] = typer.Option(None, "--out", help="Write graph.safetensors, circuit-tracer JSON and HTML plots."),
         as_json: bool = typer.Option(False, "--json"),
@@ -133,7 +134,7 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
         summary = {"model": model, **graph_summary(graph)}
         if out is not None:
             with staged_output(out) as stage:
-                _write_graph(graph, m, c, stage)
+                _write_graph(graph, m, c, stage, out)
             summary["out"] = str(out)
         att = graph.info["attention"]
         emit(summary, as_json, [
@@ -155,8 +156,8 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
         sparse: str = typer.Option("tiny-sparse", "--sparse"),
         dense_clt: Optional[Path] = typer.Option(None, "--dense-clt", help="Transcoder of --dense (default: its shipped one)."),
         sparse_clt: Optional[Path] = typer.Option(None, "--sparse-clt", help="Transcoder of --sparse (default: its shipped one)."),
-        node_threshold: float = typer.Option(0.8, "--node-threshold", help="Influence pruning (1.0 keeps every node)."),
-        edge_threshold: float = typer.Option(0.98, "--edge-threshold", help="Influence pruning (1.0 keeps every edge)."),
+        node_threshold: float = typer.Option(0.8, "--node-threshold", help=NODE_HELP),
+        edge_threshold: float = typer.Option(0.98, "--edge-threshold", help=EDGE_HELP),
         attention_pruned: bool = typer.Option(False, "--attention-pruned", help="Attention figures over the pruned graph only (default: every edge)."),
         out: Optional[Path] = typer.Option(None, "--out", help="Write compare_graphs.json and the figure of the medians (compare_graphs.html) here."),
         as_json: bool = typer.Option(False, "--json"),
@@ -185,8 +186,8 @@ def register(app: typer.Typer, one_line_errors, emit) -> None:
                 _write_comparison(result, stage)
         lines = [f"{'model':<14} {'nodes':>7} {'edges':>7} {'heads@80%':>10} {'(head,key)@80%':>15} {'per edge':>9} {'replacement':>12} {'completeness':>13}"]
         for name, r in result["models"].items():
-            lines.append(f"{Path(name).name:<14} {r['nodes']:>7} {r['edges']:>7} {r['heads_80']:>10} {r['head_key_pairs_80']:>15} "
-                         f"{r['edge_head_key_pairs_80_median']:>9} {r['replacement_score']:>12.3f} {r['completeness_score']:>13.3f}")  # fmt: skip
+            lines.append(f"{Path(name).name:<14} {r['nodes']:>7g} {r['edges']:>7g} {r['heads_80']:>10g} {r['head_key_pairs_80']:>15g} "
+                         f"{r['edge_head_key_pairs_80_median']:>9g} {r['replacement_score']:>12.3f} {r['completeness_score']:>13.3f}")  # fmt: skip
         lines.append(f"medians over {len(prompts)} prompt(s) (per edge: median over a graph's cross-position edges of the "
                      f"(head, key) pairs covering 80% of that edge); dense/sparse: {result['ratios']}")  # fmt: skip
         emit(result, as_json, lines)
@@ -198,10 +199,21 @@ def _check_thresholds(node_threshold: float, edge_threshold: float) -> None:
             raise CircuitryError(f"{name} must be in (0, 1], got {v}")
 
 
-def _write_graph(graph, model, clt, out: Path) -> None:
+def _write_graph(graph, model, clt, out: Path, final: Path) -> None:
+    """The graph's files in ``out`` (a staging directory moved into ``final``). The circuit-tracer index of
+    ``final`` is carried over first, so the upsert keeps the graphs it lists."""
+    import shutil
+
+    from circuitry.artifacts import read_json
     from circuitry.attribution import write_circuit_tracer_json
     from circuitry.plotting import attribution_graph_figure, head_loadings_figure, save_figure
 
+    index = final / "graph-metadata.json"
+    if index.is_file():
+        held = read_json(index)
+        if not isinstance(held, dict) or not isinstance(held.get("graphs", []), list):
+            raise CircuitryError(f"{index}: not a circuit-tracer graph index (an object with a 'graphs' list)")
+        shutil.copyfile(index, out / "graph-metadata.json")
     graph.save(out / "graph.safetensors")
     write_circuit_tracer_json(graph, out, "graph", model, clt)
     save_figure(attribution_graph_figure(graph, model, clt), out / "attribution_graph")

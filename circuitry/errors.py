@@ -13,6 +13,14 @@ class CircuitryError(Exception):
         super().__init__(" ".join(str(message).split()))
 
 
+def check_flags(positive: dict[str, float], non_negative: dict[str, float] | None = None) -> None:
+    """Refuse CLI options (``{"--flag": value}``) that are not > 0 / >= 0 (NaN fails both), naming the flag."""
+    for flags, ok, what in ((positive, lambda v: v > 0, "a positive number"), (non_negative or {}, lambda v: v >= 0, "a number >= 0")):
+        for flag, value in flags.items():
+            if not ok(value):
+                raise CircuitryError(f"{flag} must be {what}, got {value}")
+
+
 def one_line_errors_in_scripts() -> None:
     """For scripts (the examples): an uncaught :class:`CircuitryError` prints ``error: <message>`` on one line, as the CLI
     does, instead of a traceback; the exit status stays 1. Other exceptions keep their traceback."""

@@ -212,6 +212,11 @@ def test_graph_save_load_round_trip_and_networkx(tmp_path):
         model.W_U.mul_(1.5)  # same features and activations (they are read before the unembedding), other logits
     with pytest.raises(CircuitryError, match="built with another model"):
         attention_split(model, clt, AttributionGraph.load(tmp_path / "g2.safetensors"))
+    data = bytearray((tmp_path / "g.safetensors").read_bytes())
+    data[-3] ^= 0x40  # one flipped bit in the last tensor's data
+    (tmp_path / "flipped.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CircuitryError, match="flipped.safetensors: attribution graph does not match its recorded fingerprint"):
+        AttributionGraph.load(tmp_path / "flipped.safetensors")
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 20)
     with pytest.raises(Exception, match="bad.safetensors"):
         AttributionGraph.load(tmp_path / "bad.safetensors")
@@ -378,7 +383,15 @@ def test_token_ids_without_bos_are_refused():
     tokens = model.to_tokens(prompt)[0]
     with pytest.raises(CircuitryError, match="do not start with BOS"):
         build_graph(model, clt, tokens[1:], max_logits=2)
-    assert torch.equal(build_graph(model, clt, tokens, max_logits=2).adjacency, build_graph(model, clt, prompt, max_logits=2).adjacency)
+    from_ids = build_graph(model, clt, tokens.tolist(), max_logits=2)  # a list of ids is a prompt too
+    from_text = build_graph(model, clt, prompt, max_logits=2)
+    assert torch.equal(from_ids.adjacency, from_text.adjacency) and from_ids.token_strs == from_text.token_strs  # words, not ids
+    for bad, message in ((torch.cat([tokens, torch.tensor([-1])]), "token id -1 is outside the model's vocabulary"),
+                         (torch.cat([tokens, torch.tensor([10**6])]), "token id 1000000 is outside"),
+                         (tokens.float(), "token ids must be integers, got torch.float32"),
+                         ({"ids": tokens}, "a prompt is a string or token ids")):  # fmt: skip
+        with pytest.raises(CircuitryError, match=message):
+            build_graph(model, clt, bad, max_logits=2)
 
 
 def test_head_loadings_need_the_attention_split():

@@ -114,3 +114,31 @@ def test_circuit_eval_of_a_python_built_task_asks_for_its_file(tmp_path):
     found.save(tmp_path / "c.json")
     res = runner.invoke(app, ["circuit-eval", str(tmp_path / "c.json")])
     assert res.exit_code == 1 and "built in Python (no task file recorded); write its records to a .jsonl file" in res.stderr
+
+
+def test_the_same_weights_under_another_config_are_another_model(dense, saved, tmp_path):
+    """Circuits, transcoders and attribution graphs record the config fingerprint beside the weights': a copy of
+    tiny-dense with ReLU MLPs has the same weights (and weights fingerprint) but computes something else."""
+    from circuitry.attribution import AttributionGraph, attention_split, attribute
+    from circuitry.transcoders import default_clt, load_clt, save_clt
+    from circuitry.zoo.registry import config_fingerprint, model_config, model_fingerprint
+
+    relu = build_model({**model_config(dense), "act_fn": "relu"}, dense.tokenizer)
+    relu.load_state_dict(dense.state_dict())
+    assert model_fingerprint(relu) == model_fingerprint(dense) and config_fingerprint(relu) != config_fingerprint(dense)
+    assert config_fingerprint(build_model(model_config(dense), dense.tokenizer)) == config_fingerprint(dense)
+    wide = build_model({**model_config(dense), "dtype": "float64"}, dense.tokenizer)
+    assert model_config(wide)["dtype"] == "float64" and config_fingerprint(wide) == config_fingerprint(dense)  # dtype is not the function
+    _, path = saved
+    assert json.loads(path.read_text())["model_config_fingerprint"] == config_fingerprint(dense)
+    with pytest.raises(CircuitryError, match="same weights but another config"):
+        load_circuit(path, relu)
+    assert load_circuit(path, relu, allow_other_model=True).n_edges == load_circuit(path, dense).n_edges
+    clt = default_clt(dense)
+    save_clt(clt, tmp_path / "clt", dense)
+    with pytest.raises(CircuitryError, match="same weights but another config"):
+        load_clt(tmp_path / "clt", relu)
+    graph = attribute(dense, load_clt(tmp_path / "clt", dense), "When Mary and John went to the store, John gave a drink to")
+    graph.save(tmp_path / "g.safetensors")
+    with pytest.raises(CircuitryError, match="another model config"):
+        attention_split(relu, clt, AttributionGraph.load(tmp_path / "g.safetensors"))

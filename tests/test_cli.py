@@ -289,8 +289,9 @@ IOI = {"clean": "When Mary and John went to the store, John gave a drink to", "a
         ("nan_lr", "--lr must be a positive number, got nan"),
         ("negative_bias_lr", "--bias-lr must be a positive number, got -0.1"),
         ("lora_alpha_alone", "lora_alpha (--lora-alpha) scales LoRA adapters: it needs lora_rank (--lora-rank) > 0"),
-        ("clt_batch_0", "batch_size must be > 0"),
+        ("clt_batch_0", "--batch-size must be a positive number, got 0"),
         ("clt_seq_len_0", "sequence length 0 must be between 2 and the model's context 64"),
+        ("clt_seq_len_2", "transcoder quality needs sequences of at least 3 tokens, got 2"),
         ("batch_split", "does not split into 1 process(es) x 2 equal micro-batches"),
         ("data_unknown_words", "of the tokens are unknown to the model's tokenizer"),
         ("data_bad_jsonl", "line 2: not valid JSON"),
@@ -318,6 +319,7 @@ def test_bad_files_and_options_fail_in_one_line_before_any_output(tmp_path, case
         "lora_alpha_alone": ["sparsify", "--steps", "2", "--out", run, "--lora-alpha", "8"],
         "clt_batch_0": ["clt", "train", "--steps", "2", "--out", run, "--batch-size", "0"],
         "clt_seq_len_0": ["clt", "train", "--steps", "2", "--out", run, "--seq-len", "0"],
+        "clt_seq_len_2": ["clt", "train", "--steps", "2", "--out", run, "--seq-len", "2"],  # refused before training
         "batch_split": ["sparsify", "--steps", "2", "--out", run, "--batch-size", "3", "--grad-accum", "2"],
         "data_unknown_words": ["sparsify", "--steps", "2", "--out", run, "--data", _text_file(tmp_path, "english.txt", "Photosynthesis converts sunlight.")],
         "data_bad_jsonl": ["clt", "train", "--steps", "2", "--out", run, "--data", _text_file(tmp_path, "d.jsonl", '{"text": "Mary left."}\n{')],

@@ -21,6 +21,15 @@ def test_attribute_json_and_files(tmp_path):
     assert out["top_logits"][0]["text"].strip() == "Mary" and out["top_logits"][0]["prob"] > 0.5  # the id's text, as printed
     for name in ("graph.safetensors", "graph.json", "graph-metadata.json", "attribution_graph.html", "head_loadings.html"):
         assert (tmp_path / name).exists(), name
+    index = json.loads((tmp_path / "graph-metadata.json").read_text())
+    index["graphs"].append({**index["graphs"][0], "slug": "other"})  # a graph another run wrote into this directory
+    (tmp_path / "graph-metadata.json").write_text(json.dumps(index))
+    res = runner.invoke(app, ["attribute", "When Mary and John went to the store", "--model", "tiny-sparse", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output  # the index is upserted as circuit-tracer does: "graph" replaced, "other" kept
+    assert [g["slug"] for g in json.loads((tmp_path / "graph-metadata.json").read_text())["graphs"]] == ["other", "graph"]
+    (tmp_path / "graph-metadata.json").write_text("[]")
+    res = runner.invoke(app, ["attribute", PROMPT, "--model", "tiny-sparse", "--out", str(tmp_path)])
+    assert res.exit_code == 1 and res.stderr.startswith(f"error: {tmp_path / 'graph-metadata.json'}: not a circuit-tracer graph index"), res.stderr
 
 
 def test_compare_graphs_json():

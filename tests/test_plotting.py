@@ -25,7 +25,7 @@ def test_attention_patterns_show_the_gated_patterns():
 @pytest.mark.parametrize("kwargs, message", [
     ({"prompt": ""}, "empty prompt"),
     ({"prompt": " Mary" * 80}, "context is 64"),
-    ({"prompt": " Mary zzqx went home"}, "outside the tokenizer's vocabulary"),
+    ({"prompt": " Mary zzqx went home"}, "outside the tokenizer's vocabulary: 'zzqx'"),
     ({"layer": 4}, "asked for layer 4"),
     ({"heads": [8]}, "heads [8]"),
 ])  # fmt: skip

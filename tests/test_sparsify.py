@@ -47,6 +47,9 @@ def test_interrupted_sparsify_resumes_to_identical_weights(small_tokenizer, tmp_
     with interrupted_at_first_checkpoint(monkeypatch):
         sparsify(tiny(small_tokenizer), tmp_path / "cut", cfg, progress=False)
     assert (tmp_path / "cut" / CHECKPOINT).exists()
+    other = build_model({**ARCH, "d_vocab": len(small_tokenizer)}, small_tokenizer, seed=1)  # same shapes, other weights
+    with pytest.raises(CircuitryError, match="was made from another model"):
+        sparsify(other, tmp_path / "cut", cfg, resume=True, progress=False)
     sparsify(tiny(small_tokenizer), tmp_path / "cut", cfg, resume=True, progress=False)
     a, _ = load_tensors(tmp_path / "full" / "model.safetensors")
     b, _ = load_tensors(tmp_path / "cut" / "model.safetensors")

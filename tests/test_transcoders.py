@@ -134,6 +134,8 @@ def test_per_layer_transcoders_export_to_sae_lens(tmp_path):
 def test_training_reduces_loss_and_resume_is_exact(dense, tmp_path):
     import shutil
 
+    from circuitry import load_model
+
     cfg = CLTTrainConfig(d_transcoder=32, steps=24, batch_size=4, checkpoint_every=12, log_every=1, warmup=4, lr=1e-2)
     full, _ = train_clt(dense, tmp_path / "a", cfg, progress=False)
     log = (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()
@@ -144,6 +146,8 @@ def test_training_reduces_loss_and_resume_is_exact(dense, tmp_path):
     (tmp_path / "b" / "train_log.jsonl").write_text("\n".join(log[:15]) + "\n")
     with pytest.raises(CircuitryError, match="different config"):
         train_clt(dense, tmp_path / "b", CLTTrainConfig(**{**cfg.__dict__, "steps": 30}), resume=True, progress=False)
+    with pytest.raises(CircuitryError, match="was made from another model"):  # the same shapes, other activations
+        train_clt(load_model("tiny-sparse"), tmp_path / "b", cfg, resume=True, progress=False)
     with torch.no_grad():  # autograd switched off by the caller (as in many notebooks): training turns it on
         resumed, _ = train_clt(dense, tmp_path / "b", cfg, resume=True, progress=False)
     for (n, p), (_, q) in zip(full.named_parameters(), resumed.named_parameters()):

@@ -54,13 +54,14 @@ def provenance(model, clt) -> dict[str, str | None]:
     """Fingerprints of the transcoder, of the model the graph is built on, and of the model the transcoder was
     trained on; a warning when the last two differ (the graph stays exact - error nodes absorb what the
     transcoder misses - but its features were not learned on this model's activations)."""
-    from circuitry.zoo.registry import model_fingerprint
+    from circuitry.zoo.registry import config_fingerprint, model_fingerprint
 
     record = getattr(clt, "record", {})
     fp, trained_on = model_fingerprint(model), record.get("model_fingerprint")
     if trained_on is not None and trained_on != fp:
         warnings.warn(f"the transcoder was trained on another model (fingerprint {trained_on}; this model: {fp})", stacklevel=3)
-    return {"clt_fingerprint": record.get("fingerprint"), "model_fingerprint": fp, "clt_model_fingerprint": trained_on}
+    return {"clt_fingerprint": record.get("fingerprint"), "model_fingerprint": fp, "model_config_fingerprint": config_fingerprint(model),
+            "clt_model_fingerprint": trained_on}  # fmt: skip
 
 
 def graph_summary(graph: AttributionGraph) -> dict[str, Any]:

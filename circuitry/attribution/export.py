@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitry.artifacts import atomic_write_json
+from circuitry.artifacts import atomic_write_json, read_json, reading
 from circuitry.attribution.graph import AttributionGraph
 
 SCHEMA_VERSION = 1
@@ -122,9 +122,10 @@ def write_circuit_tracer_json(graph: AttributionGraph, out_dir: str | Path, slug
     out_dir = Path(out_dir)
     data = to_circuit_tracer_json(graph, slug, model, clt)
     path = out_dir / f"{slug}.json"
-    atomic_write_json(path, data)
     index_path = out_dir / "graph-metadata.json"
-    index = json.loads(index_path.read_text()) if index_path.exists() else {"graphs": []}
-    index["graphs"] = [g for g in index.get("graphs", []) if g.get("slug") != slug] + [data["metadata"]]
+    with reading(index_path):  # a hand-edited index fails with one line naming it, before anything is written
+        index = read_json(index_path) if index_path.exists() else {"graphs": []}
+        index["graphs"] = [g for g in index.get("graphs", []) if g.get("slug") != slug] + [data["metadata"]]
+    atomic_write_json(path, data)
     atomic_write_json(index_path, index)
     return path

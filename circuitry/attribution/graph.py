@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from circuitry.artifacts import load_tensors, save_tensors
+from circuitry.artifacts import check_finite, content_fingerprint, load_tensors, save_tensors
 from circuitry.attribution.replacement import FrozenPoint, backward_rows, constant_injections, freeze, frozen_forward, write_points
 from circuitry.errors import CircuitryError
 from circuitry.progress import tqdm
@@ -102,11 +102,14 @@ class AttributionGraph:
         tensors.update({f"attention.{k}": v for k, v in self.attention.items()})
         meta = {"kind": "attribution-graph", "prompt": self.prompt, "tokens": self.tokens, "token_strs": self.token_strs,
                 "n_layers": self.n_layers, "logit_tokens": self.logit_tokens, "logit_probs": self.logit_probs, "info": self.info}  # fmt: skip
-        save_tensors(path, tensors, meta)
+        save_tensors(path, tensors, {**meta, "fingerprint": content_fingerprint(tensors, meta, "graph.meta")})
 
     @classmethod
     def load(cls, path: str | Path) -> AttributionGraph:
         tensors, meta = load_tensors(path, kind="attribution-graph")
+        if "fingerprint" in meta and content_fingerprint(tensors, meta, "graph.meta") != meta["fingerprint"]:  # (older graphs have none)
+            raise CircuitryError(f"{path}: attribution graph does not match its recorded fingerprint (corrupt or modified)")
+        check_finite(tensors, path)
         try:
             graph = cls(meta["prompt"], meta["tokens"], meta["token_strs"], meta["n_layers"], tensors["active_features"],
                         tensors["activations"], meta["logit_tokens"], meta["logit_probs"], tensors["adjacency"], meta["info"],
@@ -176,10 +179,11 @@ def frozen_point(graph: AttributionGraph, model, clt: CrossLayerTranscoder) -> F
     records, or that gives other active features or activations, is refused."""
     if getattr(graph, "point", None) is not None:
         return graph.point
-    from circuitry.zoo.registry import model_fingerprint
+    from circuitry.zoo.registry import config_fingerprint, model_fingerprint
 
     check_pair(model, clt)
     recorded = {"model": (graph.info.get("model_fingerprint"), model_fingerprint(model)),
+                "model config": (graph.info.get("model_config_fingerprint"), config_fingerprint(model)),
                 "transcoder": (graph.info.get("clt_fingerprint"), getattr(clt, "record", {}).get("fingerprint"))}  # fmt: skip
     for what, (then, now) in recorded.items():
         if then is not None and now is not None and then != now:
@@ -231,16 +235,25 @@ def build_graph(
     """The full (unpruned) attribution graph of ``prompt`` (BOS prepended as the model does), or of a 1-D
     tensor of token ids (used as given). At most ``max_feature_nodes`` features (circuit-tracer's default
     7,500); the rest are folded into the error nodes, so the graph stays exact. A [1, pos] tensor (what
-    ``model.to_tokens`` returns) is one prompt too."""
+    ``model.to_tokens`` returns) or a list of ids is one prompt too."""
     check_pair(model, clt)
+    if isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        prompt = torch.tensor(prompt, dtype=torch.long)
     if isinstance(prompt, Tensor):
         if prompt.dim() == 2 and prompt.shape[0] == 1:
             prompt = prompt[0]
         if prompt.dim() != 1 or len(prompt) == 0:
             raise CircuitryError(f"expected one prompt's token ids, shape [pos] or [1, pos]; got {tuple(prompt.shape)}")
-        tokens, prompt = prompt, ""
-        token_strs = [str(t) for t in tokens.tolist()]
+        if prompt.is_floating_point() or prompt.is_complex() or prompt.dtype == torch.bool:
+            raise CircuitryError(f"token ids must be integers, got {prompt.dtype}")
+        outside = prompt[(prompt < 0) | (prompt >= model.cfg.d_vocab)]
+        if len(outside):
+            raise CircuitryError(f"token id {int(outside[0])} is outside the model's vocabulary (ids 0 to {model.cfg.d_vocab - 1})")
+        tokens, prompt = prompt.long(), ""
+        token_strs = model.to_str_tokens(tokens) if model.tokenizer is not None else [str(t) for t in tokens.tolist()]
         check_context(model, len(tokens))
+    elif not isinstance(prompt, str):
+        raise CircuitryError(f"a prompt is a string or token ids (a tensor or a list of ints), got {type(prompt).__name__}")
     else:
         tokens = prompt_tokens(model, prompt)[0]  # checked: not empty, known words, fits the context
         token_strs = model.to_str_tokens(tokens)

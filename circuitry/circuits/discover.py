@@ -50,6 +50,7 @@ class Discovery:
     model_fingerprint: str | None = None  # the weights' fingerprint (checked by :func:`load_circuit`)
     corruption: str | None = None  # the task's corruption (what the corrupted prompts change)
     task_file: str | None = None  # a custom task's file (absolute path), so the circuit can be re-evaluated on it
+    model_config_fingerprint: str | None = None  # what the weights compute with (checked by :func:`load_circuit`)
 
     def circuit(self, target: float = 0.9) -> Circuit | None:
         """The circuit at the curve's sustained crossing of f >= target (None if f never stays there)."""
@@ -73,7 +74,7 @@ class Discovery:
             "refined_points": [[p.n_edges, round(p.f, 5)] for p in c.refined],
             "m_full": round(c.m_full, 5), "m_empty": round(c.m_empty, 5), "cpr": round(c.cpr, 5), "cmd": round(c.cmd, 5),
             "eval_prompts_scored": self.eval_prompts_scored, "seconds": round(self.seconds, 2),
-            "model_fingerprint": self.model_fingerprint,
+            "model_fingerprint": self.model_fingerprint, "model_config_fingerprint": self.model_config_fingerprint,
         }  # fmt: skip
 
     def save(self, path: str | Path, target: float = 0.9) -> None:
@@ -90,7 +91,7 @@ def load_circuit(path: str | Path, model, target: float = 0.9, allow_other_model
     file from a newer circuitry, a graph of another shape and, unless ``allow_other_model``, a circuit discovered
     on other weights or a file that does not say which (e.g. to test a dense model's circuit on its sparse version,
     pass ``allow_other_model=True``). A grouped-query model's graph is that of ``as_multi_head(model)``."""
-    from circuitry.zoo.registry import model_fingerprint
+    from circuitry.zoo.registry import check_config_fingerprint, model_fingerprint
 
     path, key = Path(path), circuit_key(target)
     record = read_json(path)
@@ -104,6 +105,8 @@ def load_circuit(path: str | Path, model, target: float = 0.9, allow_other_model
             found = "with other weights than this model's" if record.get("model_fingerprint") else "on a model it does not record"
             raise CircuitryError(f"{path} was discovered on model {record.get('model')!r} {found}; "
                                  "pass allow_other_model=True (--allow-other-model) to apply it anyway")  # fmt: skip
+        if not allow_other_model:
+            check_config_fingerprint(record.get("model_config_fingerprint"), model, f"{path} (model {record.get('model')!r})")
         spec = record[key]
         if spec is None:
             raise CircuitryError(f"{path} holds no circuit: f never stayed >= {target} on {record.get('model')!r}")
@@ -191,7 +194,10 @@ def _discover(model, task: Task | str, fingerprint: str, method: str = "eap-loca
         raise CircuitryError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if n_prompts <= 0:
         raise CircuitryError(f"number of prompts must be positive, got {n_prompts}")
+    from circuitry.zoo.registry import config_fingerprint
+
     t0 = time.time()
+    config_fp = config_fingerprint(model)  # of the model as given, as the weights' fingerprint
     model = as_multi_head(model)  # grouped-query models: the same function with per-head keys/values
     graph = Graph.from_model(model)
     batch_size = auto_batch_size(model, task, graph, n_prompts, seed) if batch_size is None else batch_size
@@ -223,7 +229,7 @@ def _discover(model, task: Task | str, fingerprint: str, method: str = "eap-loca
     # prompts actually scored: pairs(n, seed) is as long as the curve's pairs(n, seed + 1) (fewer than n_prompts when
     # a task file has fewer records)
     return Discovery(name, task.name, method, curve.n_prompts, graph, scores, curve, time.time() - t0, ablation, selection, steps, seed,
-                     shared, fingerprint, task.corruption, task_file)  # fmt: skip
+                     shared, fingerprint, task.corruption, task_file, config_fp)  # fmt: skip
 
 
 def shared_prompts(task: Task, n_prompts: int, seed: int) -> int:

@@ -42,7 +42,7 @@ from circuitry.training import (
     set_activation_checkpointing,
 )
 from circuitry.zoo.pretrain import heldout_ce
-from circuitry.zoo.registry import save_model
+from circuitry.zoo.registry import model_fingerprint, save_model
 
 CHECKPOINT = "checkpoint.safetensors"
 LOG = "sparsify_log.jsonl"
@@ -106,6 +106,7 @@ def sparsify(
     stream = token_source(model, data)
     check_length(stream, ctx)  # data too short fails before the run directory is made
     ckpt = prepare_run_dir(out, resume, CHECKPOINT)
+    source = model_fingerprint(model)  # the dense model the run starts from (a resume must start from the same)
     dense_ce = heldout_ce(model, stream, cfg.heldout_sequences, length=ctx)
     target = cfg.target_ce if cfg.target_ce is not None else dense_ce * (1 + cfg.tolerance)
     gates = attach_gates(model, bias_init=cfg.bias_init, mode="train", renormalise=cfg.renormalise, learn_bias=cfg.learn_bias)
@@ -128,7 +129,7 @@ def sparsify(
     start, lam, ce_ema, elapsed = 0, cfg.lambda_init, None, 0.0
     main = is_main()
     if resume:
-        start, state = resume_run(ckpt, model, opt, cfg)
+        start, state = resume_run(ckpt, model, opt, cfg, source)
         if main:
             trim_log(out / LOG, start)
         with reading(ckpt):
@@ -170,7 +171,8 @@ def sparsify(
                 log.flush()
                 bar.set_postfix(ce=f"{ce_v:.3f}", conn=f"{conn_sum:.3f}", lam=f"{lam:.2g}")
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-                state = {"config": asdict(cfg), "lambda": lam, "ce_ema": ce_ema, "elapsed": time.time() - t0, "data": stream.info()}
+                state = {"config": asdict(cfg), "lambda": lam, "ce_ema": ce_ema, "elapsed": time.time() - t0, "data": stream.info(),
+                         "source_model": source}  # fmt: skip
                 if main:
                     save_checkpoint(ckpt, model, opt, step + 1, state)
                 barrier()

@@ -96,7 +96,9 @@ class TokenView:
     def check_vocabulary(self, ids: list[int], what: str, text: str) -> None:
         """Refuse ``text`` (already ``ids``) if a word of it fell outside the vocabulary (``<unk>``)."""
         if self.unk_id is not None and self.unk_id in ids:
-            raise CircuitryError(f"{what} has words outside the tokenizer's vocabulary: {text!r}")
+            words = list(dict.fromkeys(w for w in text.split() if self.unk_id in self.encode(" " + w)))
+            named = ", ".join(map(repr, words)) if words else repr(text)  # (a word-level vocabulary names them)
+            raise CircuitryError(f"{what} has words outside the tokenizer's vocabulary: {named}")
 
     def single_token(self, text: str) -> int | None:
         ids = self.encode(text)

@@ -36,7 +36,7 @@ from circuitry.artifacts import (
 )
 from circuitry.errors import CircuitryError
 from circuitry.transcoders.clt import CLTConfig, CrossLayerTranscoder
-from circuitry.zoo.registry import model_fingerprint
+from circuitry.zoo.registry import check_config_fingerprint, config_fingerprint, model_fingerprint
 
 RECORD = "circuitry.json"
 
@@ -68,7 +68,8 @@ def save_clt(clt: CrossLayerTranscoder, directory: str | Path, model, record: di
     directory = Path(directory)
     files = export_tensors(clt)
     fp = fingerprint({f"{f}/{k}": v for f, ts in files.items() for k, v in ts.items()})
-    meta = {"kind": "transcoder", "config": clt.cfg.to_dict(), "model_fingerprint": model_fingerprint(model), "fingerprint": fp}
+    meta = {"kind": "transcoder", "config": clt.cfg.to_dict(), "model_fingerprint": model_fingerprint(model),
+            "model_config_fingerprint": config_fingerprint(model), "fingerprint": fp}
     for name, tensors in files.items():
         save_tensors(directory / name, tensors, meta)
     config = {
@@ -104,9 +105,10 @@ def load_clt(directory: str | Path, model=None) -> CrossLayerTranscoder:
             tensors, meta = load_tensors(directory / name, kind="transcoder")
             if meta.get("fingerprint") != record["fingerprint"]:
                 raise CircuitryError(f"{directory / name} belongs to a different transcoder than {RECORD}")
-            if meta.get("model_fingerprint") != record["model_fingerprint"]:  # the header, not the editable record, says
-                raise CircuitryError(f"{directory / RECORD}: model fingerprint {record['model_fingerprint']} differs from the one "
-                                     f"{name} was saved with ({meta.get('model_fingerprint')})")  # fmt: skip
+            for key in ("model_fingerprint", "model_config_fingerprint"):  # the header, not the editable record, says
+                if meta.get(key) != record.get(key):
+                    raise CircuitryError(f"{directory / RECORD}: {key.replace('_', ' ')} {record.get(key)} differs from the one "
+                                         f"{name} was saved with ({meta.get(key)})")  # fmt: skip
             saved = meta.get("config") or {}  # the weights' own header keeps the config they were trained with
             if saved != record["config"]:
                 changed = sorted(k for k in saved.keys() | record["config"].keys() if saved.get(k) != record["config"].get(k))
@@ -121,6 +123,7 @@ def load_clt(directory: str | Path, model=None) -> CrossLayerTranscoder:
         if model is not None and record["model_fingerprint"] != model_fingerprint(model):
             raise CircuitryError(f"{directory} was trained on a different model than {model.cfg.model_name} (fingerprint mismatch)")
         if model is not None:
+            check_config_fingerprint(record.get("model_config_fingerprint"), model, f"{directory}")
             missing = [h for h in (cfg.feature_input_hook, cfg.feature_output_hook) if f"blocks.0.{h}" not in model.hook_dict]
             if missing:
                 raise CircuitryError(f"{directory}: the model has no hook {missing[0]!r} (blocks.<layer>.{missing[0]})")
@@ -145,7 +148,8 @@ def load_clt(directory: str | Path, model=None) -> CrossLayerTranscoder:
 
 
 def to_sae_lens(clt: CrossLayerTranscoder) -> list:
-    """Per-layer transcoders as SAELens ``JumpReLUTranscoder`` objects (only for ``cross_layer=False``)."""
+    """Per-layer transcoders as SAELens ``JumpReLUTranscoder`` objects (only for ``cross_layer=False``). They give
+    circuitry's features at every position but 0: circuitry zeroes BOS features (as circuit-tracer), SAELens does not."""
     from sae_lens import JumpReLUTranscoder, JumpReLUTranscoderConfig
 
     if clt.cfg.cross_layer:

@@ -10,7 +10,7 @@ from torch import Tensor
 from circuitry.data import token_source
 from circuitry.progress import progress_bar
 from circuitry.transcoders.clt import CrossLayerTranscoder
-from circuitry.transcoders.train import model_activations
+from circuitry.transcoders.train import check_quality_length, model_activations
 
 
 @dataclass
@@ -71,6 +71,7 @@ def evaluate_clt(
     """All figures on ``n_sequences`` held-out sequences of ``seq_len`` tokens (default: the model's context) of
     ``data`` (see :func:`circuitry.data.token_source`; default: the model's synthetic language). ``progress``: a
     bar over the batches (None: only on a terminal)."""
+    check_quality_length(seq_len or model.cfg.n_ctx)
     tokens = token_source(model, data).heldout(n_sequences, seq_len or model.cfg.n_ctx)
     bar = progress_bar(total=4 * len(tokens.split(batch_size)), desc="transcoder quality", unit="batch", progress=progress)
     L = model.cfg.n_layers

@@ -28,6 +28,7 @@ from circuitry.errors import CircuitryError
 from circuitry.progress import tqdm
 from circuitry.training import autocast, check_fields, check_options, deterministic, gradients, micro_batches, no_sync
 from circuitry.transcoders.clt import CLTConfig, CrossLayerTranscoder, check_has_mlps
+from circuitry.zoo.registry import model_fingerprint
 
 CHECKPOINT = "checkpoint.safetensors"
 LOG = "train_log.jsonl"
@@ -55,6 +56,13 @@ class CLTTrainConfig:
     def __post_init__(self) -> None:
         check_fields(self, positive=("d_transcoder", "steps", "batch_size", "lr", "warmup", "sparsity_c", "checkpoint_every", "log_every"),
                      non_negative=("sparsity_coef", "sparsity_warmup", "preact_coef"))  # fmt: skip
+
+
+def check_quality_length(length: int) -> None:
+    """The CE recovered needs a prediction that reads an ablated MLP: position 0 (BOS) is never ablated, and a
+    2-token sequence predicts from position 0 alone, so zero-ablation could not change its CE."""
+    if length < 3:
+        raise CircuitryError(f"transcoder quality needs sequences of at least 3 tokens, got {length}")
 
 
 def input_hook(model) -> str:
@@ -124,11 +132,13 @@ def train_clt(
     out = Path(out)
     ctx = check_options(cfg.grad_accum, cfg.precision, cfg.seq_len, model.cfg.n_ctx, cfg.batch_size)
     check_has_mlps(model)  # before the run directory is made
+    check_quality_length(ctx)  # the quality report after training would fail on it
     stream = token_source(model, data)
     check_length(stream, ctx)  # data too short for training or for the quality report fails before any work
     ckpt = prepare_run_dir(out, resume, CHECKPOINT)
     if (out / "config.yaml").exists():
         raise CircuitryError(f"{out} already holds a transcoder; choose another --out")
+    source = model_fingerprint(model)  # the model whose activations the transcoder learns (a resume must read the same)
     torch.manual_seed(cfg.seed)
     clt = CrossLayerTranscoder(CLTConfig(model.cfg.n_layers, model.cfg.d_model, cfg.d_transcoder, cfg.cross_layer,
                                          feature_input_hook=input_hook(model)))  # fmt: skip
@@ -137,7 +147,7 @@ def train_clt(
     opt = torch.optim.Adam(clt.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     start, elapsed = 0, 0.0
     if resume:
-        start, state = resume_run(ckpt, clt, opt, cfg)
+        start, state = resume_run(ckpt, clt, opt, cfg, source)
         with reading(ckpt):
             scales = {k: torch.tensor(state[k], dtype=clt.input_scale.dtype) for k in ("input_scale", "output_scale")}
             if any(v.shape != clt.input_scale.shape for v in scales.values()):
@@ -180,7 +190,7 @@ def train_clt(
                 log.flush()
                 bar.set_postfix(mse=f"{stats['mse']:.3f}", l0=f"{stats['l0']:.0f}")
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-                state = {"config": asdict(cfg), "elapsed": time.time() - t0, "data": stream.info(),
+                state = {"config": asdict(cfg), "elapsed": time.time() - t0, "data": stream.info(), "source_model": source,
                          "input_scale": clt.input_scale.tolist(), "output_scale": clt.output_scale.tolist()}  # fmt: skip
                 if main:
                     save_checkpoint(ckpt, clt, opt, step + 1, state)

@@ -7,6 +7,8 @@ A circuitry model directory holds ``config.json`` (HookedTransformerConfig field
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import socket
 import warnings
@@ -62,6 +64,30 @@ def model_fingerprint(model) -> str:
     """Which model an artifact (a CLT) belongs to: the weights' fingerprint at float32, so the same model moved to
     float64 (for precise attribution) still matches; a model whose float32 values differ does not."""
     return fingerprint({k: v.float() if v.dtype == torch.float64 else v for k, v in _weights(model).items()})
+
+
+def config_fingerprint(model) -> str | None:
+    """What the weights compute with: a short sha256 of :func:`model_config` (without the dtype, which
+    :func:`model_fingerprint` ignores too) and the gates' options. Artifacts record it beside the weights'
+    fingerprint, so the same weights under another config (activation, parallel blocks, ...) are not taken for the
+    same model. None for a config that JSON cannot record (then only the weights are compared)."""
+    try:
+        config = {k: v for k, v in model_config(model).items() if k != "dtype"}
+    except CircuitryError:
+        return None
+    gates = getattr(model, "gates", None)
+    if gates is not None:
+        config["gates"] = {"renormalise": gates.renormalise}
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_config_fingerprint(recorded: str | None, model, what: str) -> None:
+    """Refuse ``model`` when an artifact (``what``) records another :func:`config_fingerprint` (artifacts written
+    before circuitry recorded it have none: their weights' fingerprint is all that is compared)."""
+    now = config_fingerprint(model)
+    if recorded is not None and now is not None and recorded != now:
+        raise CircuitryError(f"{what} was made on a model with the same weights but another config (config fingerprint "
+                             f"{recorded}, this model's {now}: e.g. another activation function)")  # fmt: skip
 
 
 def _weights(model) -> dict[str, torch.Tensor]:
