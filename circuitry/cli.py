@@ -185,6 +185,8 @@ def connectivity_cmd(
     n: int = typer.Option(1024, "--n", help="Held-out sequences (or task prompts)."),
     seed: int = typer.Option(1, "--seed", help="Seed of the --task prompts (held-out text is fixed)."),
     data: Optional[Path] = typer.Option(None, "--data", help=DATA_HELP),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Held-out sequence length (default: the model's context; "
+                                          "a model post-trained with --seq-len records its figures at that length)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Directory for the per-head plot (head_connectivity_<model>.html)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -198,7 +200,7 @@ def connectivity_cmd(
     if task is not None:
         check_task_name(task)
     m = load_model(model)
-    report = connectivity_report(m, get_task(task, m) if task else None, n=n, seed=seed, data=data, progress=None)
+    report = connectivity_report(m, get_task(task, m) if task else None, n=n, seed=seed, data=data, seq_len=seq_len, progress=None)
     result = {**report.to_dict(), "model": model, "task": task}  # data: the held-out text's source and fingerprint
     if out is not None:
         from circuitry.plotting import head_connectivity, save_figure

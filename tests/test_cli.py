@@ -116,6 +116,8 @@ def test_sparsify_and_connectivity_commands(tmp_path):
     assert {"model", "connectivity", "keys_per_query", "floor", "ce", "per_layer"} <= rep.keys()
     assert rep["floor"] == 2 / 65 and len(rep["per_layer"]) == 4 and 0 < rep["connectivity"] <= 1
     assert rep["data"] == {"source": "synthetic"}  # the model's own language, default options
+    res = runner.invoke(app, ["connectivity", "--model", str(out), "--n", "16", "--seq-len", "16", "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["floor"] == 2 / 17 and json.loads(res.stdout)["seq_len"] == 16
     own = tmp_path / "own.jsonl"  # a user's own text (here: sentences of the same language, as documents)
     own.write_text("\n".join(json.dumps({"text": " ".join(SyntheticLanguage().sentences(i, 30))}) for i in range(20)))
     res = runner.invoke(app, ["connectivity", "--model", str(out), "--n", "16", "--json", "--data", str(own)])
@@ -292,6 +294,8 @@ IOI = {"clean": "When Mary and John went to the store, John gave a drink to", "a
         ("clt_batch_0", "--batch-size must be a positive number, got 0"),
         ("clt_seq_len_0", "sequence length 0 must be between 2 and the model's context 64"),
         ("clt_seq_len_2", "transcoder quality needs sequences of at least 3 tokens, got 2"),
+        ("connectivity_seq_len_1", "sequence length 1 must be between 2 and the model's context 64"),
+        ("connectivity_seq_len_task", "a sequence length is for held-out text"),
         ("batch_split", "does not split into 1 process(es) x 2 equal micro-batches"),
         ("data_unknown_words", "of the tokens are unknown to the model's tokenizer"),
         ("data_bad_jsonl", "line 2: not valid JSON"),
@@ -320,6 +324,8 @@ def test_bad_files_and_options_fail_in_one_line_before_any_output(tmp_path, case
         "clt_batch_0": ["clt", "train", "--steps", "2", "--out", run, "--batch-size", "0"],
         "clt_seq_len_0": ["clt", "train", "--steps", "2", "--out", run, "--seq-len", "0"],
         "clt_seq_len_2": ["clt", "train", "--steps", "2", "--out", run, "--seq-len", "2"],  # refused before training
+        "connectivity_seq_len_1": ["connectivity", "--n", "4", "--seq-len", "1", "--out", run],
+        "connectivity_seq_len_task": ["connectivity", "--task", "ioi", "--n", "4", "--seq-len", "8", "--out", run],
         "batch_split": ["sparsify", "--steps", "2", "--out", run, "--batch-size", "3", "--grad-accum", "2"],
         "data_unknown_words": ["sparsify", "--steps", "2", "--out", run, "--data", _text_file(tmp_path, "english.txt", "Photosynthesis converts sunlight.")],
         "data_bad_jsonl": ["clt", "train", "--steps", "2", "--out", run, "--data", _text_file(tmp_path, "d.jsonl", '{"text": "Mary left."}\n{')],

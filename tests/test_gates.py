@@ -95,7 +95,8 @@ def test_off_mode_keeps_logits_and_eval_with_huge_bias_is_dense():
 
 def test_scoring_a_gated_model_with_gradients_leaves_no_graph_behind():
     """An eval-mode forward + backward (what EAP does) keeps no autograd graph in the gates, so the model
-    still deep-copies, and the copy gates identically; train mode keeps the graph the regulariser needs."""
+    still deep-copies, and the copy gates identically with gates of its own; train mode keeps the graph the
+    regulariser needs."""
     import copy
 
     model, x = make(), tokens(4)
@@ -105,6 +106,11 @@ def test_scoring_a_gated_model_with_gradients_leaves_no_graph_behind():
     twin = copy.deepcopy(model)
     with torch.no_grad():
         assert torch.equal(twin(x), model(x))
+        assert twin.gates is not gates and model.gates is gates  # the copy has gates of its own
+        twin.gates.bias.fill_(-100.0)  # every gate of the copy shut: the copy reads nothing, the original is unchanged
+        assert not torch.equal(twin(x), model(x)) and torch.equal(model(x), copy.deepcopy(model)(x))
+        assert measure_connectivity(twin, x).connectivity == 0.0 and measure_connectivity(model, x).connectivity > 0
+    assert detach_gates(copy.deepcopy(model)) is not None and model.gates is gates
     gates.set_mode("train")
     model(x)
     assert all(t.grad_fn is not None for t in gates.last_logits.values())
@@ -152,6 +158,18 @@ def test_dense_model_keeps_every_edge():
     report = measure_connectivity(make(), tokens(pos=9))
     assert report.connectivity == 1.0 and report.keys_per_query == pytest.approx(5.0)  # (T+1)/2 at T=9
     assert report.floor == pytest.approx(2 / 10)
+
+
+def test_non_finite_bias_and_removed_hooks_are_refused():
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(CircuitryError, match="bias_init must be a finite number"):
+            attach_gates(make(), bias_init=bad)
+    model, x = make(), tokens(pos=9)
+    attach_gates(model)
+    model(x)  # leaves the gate logits of this forward behind
+    model.reset_hooks(including_permanent=True)  # TransformerLens removes the gate hooks; model.gates stays
+    with pytest.raises(CircuitryError, match="its gate hooks did not run"):
+        measure_connectivity(model, x)
 
 
 class _StraightThroughGate(torch.autograd.Function):

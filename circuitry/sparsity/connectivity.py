@@ -43,13 +43,13 @@ def expected_connectivity(gates: AttentionGates, valid: Bool[Tensor, "batch pos"
     for logits in gates.last_logits.values():
         soft = torch.sigmoid(logits)  # exactly 0 on masked (-inf) entries
         if valid is None:
-            total = total + soft.sum()
+            total = total + soft.sum(dtype=torch.float32)  # (float32 sums: bf16 ones round the mean to 1/256)
             # finite entries; TransformerLens masks (causal and padding) are shared by all heads, so head 0
             # gives the count at 1/H of the cost of a full isfinite pass
             count += int((logits[:, 0] > float("-inf")).sum()) * logits.shape[1]
         else:
             mask = pair_mask(logits, valid)
-            total = total + torch.where(mask, soft, 0.0).sum()
+            total = total + torch.where(mask, soft, 0.0).sum(dtype=torch.float32)
             count += int(mask.sum())
     return total / count
 
@@ -105,8 +105,12 @@ def connectivity_of_batches(model, batches: Iterable[tuple[Tensor, Bool[Tensor, 
             kept += n_pairs
             pairs += n_pairs
             continue
+        gates.last_logits.clear()  # (a stale entry from an earlier forward must not pass for this one's)
         with gate_mode(model, "eval"):
             model(chunk)
+        if len(gates.last_logits) != cfg.n_layers:
+            raise CircuitryError("the model has gates but its gate hooks did not run (removed by reset_hooks(including_permanent=True)?): "
+                                 "detach_gates(model) and attach them again")  # fmt: skip
         for layer, logits in gates.last_logits.items():
             keys = ((logits > 0) & pair_mask(logits, v)).sum(3)  # [batch, head, q]: keys kept per query
             kept[layer] += keys.sum((0, 2)).double()
@@ -144,6 +148,10 @@ def connectivity_report(model, task=None, n: int = 256, seed: int = 1, data=None
         raise CircuitryError(f"number of sequences must be positive, got {n}")
     if task is not None and data is not None:
         raise CircuitryError("measure on a task's prompts or on data, not both")
+    if task is not None and seq_len is not None:
+        raise CircuitryError("a sequence length is for held-out text; a task's prompts have their own lengths")
+    if seq_len is not None and not 2 <= seq_len <= model.cfg.n_ctx:
+        raise CircuitryError(f"sequence length {seq_len} must be between 2 and the model's context {model.cfg.n_ctx}")
     if task is None:
         stream = token_source(model, data)
         batches, n_batches = heldout_batches(stream, n, seq_len or model.cfg.n_ctx)

@@ -17,6 +17,9 @@ sigmoid'(-inf) is 0, so every gradient stays finite (tested).
 
 from __future__ import annotations
 
+import copy
+import functools
+import math
 from contextlib import contextmanager
 from typing import Iterator, Literal
 
@@ -121,6 +124,8 @@ def attach_gates(
     check_dense(model)
     cfg = model.cfg
     if gates is None:
+        if not math.isfinite(bias_init):
+            raise CircuitryError(f"bias_init must be a finite number, got {bias_init}")
         gates = AttentionGates(cfg.n_layers, cfg.n_heads, bias_init, learn_bias, mode, renormalise)
     elif tuple(gates.bias.shape) != (cfg.n_layers, cfg.n_heads):
         raise CircuitryError(f"gates are for {tuple(gates.bias.shape)} (layers, heads); model has {(cfg.n_layers, cfg.n_heads)}")
@@ -131,7 +136,21 @@ def attach_gates(
             point.add_hook(_bind(fn, layer), is_permanent=True)
             gates._handles.append((point, point.fwd_hooks[-1]))
     model.gates = gates  # registers the biases as model parameters
+    model.__dict__["__deepcopy__"] = functools.partial(_deepcopy_gated, model)  # copy.deepcopy looks it up on the instance
     return gates
+
+
+def _deepcopy_gated(model, memo: dict):
+    """``copy.deepcopy`` of a gated model. TransformerLens keeps hooks as closures, which deepcopy shares instead of
+    copying, so a plain copy would still run the original's gates: the copy is made without the hooks, then gated
+    again with a copy of the gates (the original gets its own gates object back)."""
+    gates = detach_gates(model)
+    try:
+        twin, twin_gates = copy.deepcopy(model, memo), copy.deepcopy(gates, memo)  # (while the gates hold no hook handles)
+    finally:
+        attach_gates(model, mode=gates.mode, gates=gates)
+    attach_gates(twin, mode=gates.mode, gates=twin_gates)
+    return twin
 
 
 @contextmanager
@@ -160,6 +179,7 @@ def detach_gates(model) -> AttentionGates | None:
     gates._handles.clear()
     gates.last_logits.clear()
     del model.gates
+    model.__dict__.pop("__deepcopy__", None)
     return gates
 
 
