@@ -1,6 +1,8 @@
 """Options large models need: LoRA adapters, gradient accumulation, bf16 autocast, activation checkpointing;
 each checked against the plain run it must reproduce (or, for bf16, approximate)."""
 
+import json
+
 import pytest
 import torch
 
@@ -114,6 +116,10 @@ def test_bf16_autocast_trains_close_to_fp32(small_tokenizer, tmp_path):
     _, bf16 = sparsify(tiny(small_tokenizer), tmp_path / "b", SparsifyConfig(**CFG, precision="bf16"), progress=False)
     assert abs(bf16["heldout_ce"] - fp32["heldout_ce"]) < 0.02 * fp32["heldout_ce"]
     assert max_diff(weights(tmp_path / "f"), weights(tmp_path / "b")) > 0  # really ran in bf16
+    log = [json.loads(line) for line in (tmp_path / "b" / "sparsify_log.jsonl").read_text().splitlines()]
+    off_grid = lambda x, q: abs(x * q - round(x * q)) > 1e-3  # noqa: E731
+    # the logged CE and connectivity (and the λ update) are float32 figures, not bf16's steps of 1/128 and 1/256
+    assert all(off_grid(r["ce"], 128) for r in log) and any(off_grid(r["connectivity"], 256) for r in log)
     assert "--precision bf16" in bf16["command"]
     # a user's own model (not from the zoo) is recorded under its own name, not as tiny-dense's child
     assert bf16["parent"] == "custom" and bf16["command"].startswith("circuitry sparsify --model custom ")

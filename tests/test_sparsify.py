@@ -75,6 +75,14 @@ def test_sparsify_runs_with_autograd_switched_off_and_refuses_inference_mode(sma
     assert not (tmp_path / "inf").exists()
 
 
+def test_a_target_below_the_dense_ce_is_named_as_the_reason(small_tokenizer, tmp_path):
+    with pytest.raises(CircuitryError, match="give target_ce or tolerance, not both"):
+        SparsifyConfig(**CFG, target_ce=2.0, tolerance=0.01)
+    with pytest.warns(UserWarning, match=r"the constraint is not met \(the target is below the dense model's own CE"):
+        _, meta = sparsify(tiny(small_tokenizer), tmp_path / "s", SparsifyConfig(**{**CFG, "steps": 2}, target_ce=0.5), progress=False)
+    assert meta["target_ce"] == 0.5 and meta["dense_heldout_ce"] > 0.5 and "target_ce=0.5" in meta["command"].split("  # ")[1]
+
+
 def test_saved_sparse_model_loads_with_deterministic_gates(small_tokenizer, tmp_path):
     model, meta = sparsify(tiny(small_tokenizer), tmp_path / "s", SparsifyConfig(**CFG), progress=False)
     again = load_model(str(tmp_path / "s"))
@@ -92,7 +100,9 @@ def test_fixed_biases_and_renormalised_rows_are_options_that_reload(small_tokeni
     model, meta = sparsify(tiny(small_tokenizer), tmp_path / "s", cfg, progress=False)
     assert torch.all(model.gates.bias == cfg.bias_init) and not model.gates.bias.requires_grad
     again = load_model(str(tmp_path / "s"))
-    assert again.gates.renormalise and meta["command"].endswith("--fixed-bias --renormalise")
+    command, python = meta["command"].split("  # and, from Python: ")  # CFG sets fields the CLI has no flag for
+    assert again.gates.renormalise and command.endswith("--fixed-bias --renormalise")
+    assert python == "checkpoint_every=3, log_every=1, heldout_sequences=8"
     x = again.to_tokens("Then, Mary and John went to the park. John gave a ball to")
     _, cache = again.run_with_cache(x, names_filter="blocks.0.attn.hook_pattern")
     rows = cache["blocks.0.attn.hook_pattern"].sum(-1)

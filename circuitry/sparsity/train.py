@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from transformer_lens.utilities import lm_cross_entropy_loss
 
 from circuitry.artifacts import reading
 from circuitry.checkpoint import nonfinite_loss, prepare_run_dir, resume_run, save_checkpoint, trim_log
@@ -84,6 +85,8 @@ class SparsifyConfig:
                      non_negative=("tolerance", "ema", "lora_rank"))  # fmt: skip
         if self.ema >= 1:
             raise CircuitryError(f"ema must be < 1, got {self.ema}")
+        if self.target_ce is not None and self.tolerance:
+            raise CircuitryError("give target_ce or tolerance, not both (tolerance sets the target from the dense model's CE)")
         if self.lora_alpha is not None and not self.lora_rank:
             raise CircuitryError("lora_alpha (--lora-alpha) scales LoRA adapters: it needs lora_rank (--lora-rank) > 0")
 
@@ -152,7 +155,9 @@ def sparsify(
                 gates.shard = (rank * len(parts) + i, world * len(parts))
                 with no_sync(runner, i == len(parts) - 1):
                     with autocast(cfg.precision, tokens.device):
-                        ce = runner(tokens, return_type="loss")
+                        # CE from float32 logits: under bf16 autocast the log-softmax would run in bf16, and the
+                        # logged CE and the λ update would move in steps of 1/128 (what return_type="loss" gives)
+                        ce = lm_cross_entropy_loss(runner(tokens).float(), tokens)
                         conn = expected_connectivity(gates)
                     ((conn + lam * ce) / len(parts)).backward()  # same gradients as conn + λ (CE - target)
                 ce_sum, conn_sum = ce_sum + ce.item() / len(parts), conn_sum + conn.item() / len(parts)
@@ -189,8 +194,9 @@ def sparsify(
     gates.set_mode("eval")
     sparse_ce = heldout_ce(model, stream, cfg.heldout_sequences, length=ctx)
     if sparse_ce > target:
-        warnings.warn(f"held-out CE {sparse_ce:.4f} is above the target {target:.4f}: the constraint is not met (train longer, "
-                      "or with lower learning rates)", stacklevel=2)  # fmt: skip
+        why = (f"the target is below the dense model's own CE {dense_ce:.4f}" if target < dense_ce
+               else "train longer, or with lower learning rates")  # fmt: skip
+        warnings.warn(f"held-out CE {sparse_ce:.4f} is above the target {target:.4f}: the constraint is not met ({why})", stacklevel=2)
     report = measure_connectivity(model, stream.heldout(cfg.heldout_sequences, ctx))
     meta = {
         "name": name,
@@ -213,11 +219,25 @@ def sparsify(
     else:
         meta["data"] = data_info
         meta["command"] += f" --data {shlex.quote(data_info['source'])}" if Path(data_info["source"]).is_file() else " --data <Python data>"
+    meta["command"] += _python_only(cfg)
     save_model(model, out, meta)
     ckpt.unlink(missing_ok=True)
     barrier()
     model.cfg.model_name = name
     return model, meta
+
+
+# SparsifyConfig fields the CLI sets (the rest have no flag: a run that changes them is a Python run)
+CLI_FIELDS = {"steps", "tolerance", "batch_size", "lr", "qk_lr", "bias_lr", "seed", "seq_len", "grad_accum", "precision",
+              "lora_rank", "lora_alpha", "activation_checkpointing", "learn_bias", "renormalise"}  # fmt: skip
+
+
+def _python_only(cfg: SparsifyConfig) -> str:
+    """The fields of ``cfg`` with no CLI flag that differ from their defaults, as a shell comment after the command
+    (so the command says it does not reproduce the run by itself)."""
+    default = SparsifyConfig()
+    changed = {k: v for k, v in asdict(cfg).items() if k not in CLI_FIELDS and v != getattr(default, k)}
+    return "  # and, from Python: " + ", ".join(f"{k}={v!r}" for k, v in changed.items()) if changed else ""
 
 
 def _scale_flags(cfg: SparsifyConfig) -> str:
