@@ -13,6 +13,7 @@ import sys
 CASE = r"""
 import json, resource, sys, time
 import torch
+from transformer_lens.utilities import lm_cross_entropy_loss
 from circuitry.lora import add_lora
 from circuitry.sparsity import attach_gates, expected_connectivity
 from circuitry.training import autocast, micro_batches, set_activation_checkpointing
@@ -39,7 +40,7 @@ for step in range(3):
     step_loss = 0.0  # the whole step's loss (mean over micro-batches), not the last micro-batch's
     for part in parts:
         with autocast("bf16" if case == "bf16" else "fp32", "cpu"):
-            loss = model(part, return_type="loss") + expected_connectivity(gates)
+            loss = lm_cross_entropy_loss(model(part).float(), part) + expected_connectivity(gates)  # CE as sparsify takes it
         (loss / len(parts)).backward()
         step_loss += loss.item() / len(parts)
     opt.step()
