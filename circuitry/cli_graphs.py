@@ -200,22 +200,13 @@ def _check_thresholds(node_threshold: float, edge_threshold: float) -> None:
 
 
 def _write_graph(graph, model, clt, out: Path, final: Path) -> None:
-    """The graph's files in ``out`` (a staging directory moved into ``final``). The circuit-tracer index of
-    ``final`` is carried over first, so the upsert keeps the graphs it lists."""
-    import shutil
-
-    from circuitry.artifacts import read_json
+    """The graph's files in ``out`` (a staging directory moved into ``final``); the circuit-tracer index upserted is
+    ``final``'s, so it keeps the graphs it lists."""
     from circuitry.attribution import write_circuit_tracer_json
     from circuitry.plotting import attribution_graph_figure, head_loadings_figure, save_figure
 
-    index = final / "graph-metadata.json"
-    if index.is_file():
-        held = read_json(index)
-        if not isinstance(held, dict) or not isinstance(held.get("graphs", []), list):
-            raise CircuitryError(f"{index}: not a circuit-tracer graph index (an object with a 'graphs' list)")
-        shutil.copyfile(index, out / "graph-metadata.json")
     graph.save(out / "graph.safetensors")
-    write_circuit_tracer_json(graph, out, "graph", model, clt)
+    write_circuit_tracer_json(graph, out, "graph", model, clt, index_from=final)
     save_figure(attribution_graph_figure(graph, model, clt), out / "attribution_graph")
     save_figure(head_loadings_figure({model.cfg.model_name: graph}), out / "head_loadings")
 

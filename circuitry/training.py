@@ -44,6 +44,12 @@ def check_fields(cfg: Any, positive: Iterable[str] = (), non_negative: Iterable[
                 raise CircuitryError(f"{name} must be {what}, got {v}")
 
 
+def check_seq_len(length: int, n_ctx: int) -> None:
+    """Refuse a sequence length outside [2, n_ctx] (one prediction needs two tokens)."""
+    if not 2 <= length <= n_ctx:
+        raise CircuitryError(f"sequence length {length} must be between 2 and the model's context {n_ctx}")
+
+
 def check_options(
     grad_accum: int, precision: str, seq_len: int | None = None, n_ctx: int | None = None, batch_size: int | None = None
 ) -> int | None:
@@ -53,8 +59,8 @@ def check_options(
     if batch_size is not None and grad_accum >= 1 and batch_size % (world * grad_accum):
         raise CircuitryError(f"batch size {batch_size} does not split into {world} process(es) x {grad_accum} equal micro-batches")
     length = n_ctx if seq_len is None else seq_len  # 0 is a bad length, not "unset"
-    if n_ctx is not None and not 2 <= length <= n_ctx:
-        raise CircuitryError(f"sequence length {length} must be between 2 and the model's context {n_ctx}")
+    if n_ctx is not None:
+        check_seq_len(length, n_ctx)
     if grad_accum < 1:
         raise CircuitryError(f"gradient accumulation steps must be >= 1, got {grad_accum}")
     if precision not in PRECISIONS:

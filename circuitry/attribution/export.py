@@ -7,7 +7,6 @@ pairing of (layer, feature). Links carry the raw direct effect; only kept nodes 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from torch import Tensor
 
 from circuitry.artifacts import atomic_write_json, read_json, reading
 from circuitry.attribution.graph import AttributionGraph
+from circuitry.errors import CircuitryError
 
 SCHEMA_VERSION = 1
 
@@ -117,15 +117,20 @@ def to_circuit_tracer_json(graph: AttributionGraph, slug: str, model=None, clt=N
     }
 
 
-def write_circuit_tracer_json(graph: AttributionGraph, out_dir: str | Path, slug: str, model=None, clt=None) -> Path:
-    """Write ``{out_dir}/{slug}.json`` and upsert ``graph-metadata.json`` as circuit-tracer does."""
+def write_circuit_tracer_json(graph: AttributionGraph, out_dir: str | Path, slug: str, model=None, clt=None,
+                              index_from: str | Path | None = None) -> Path:  # fmt: skip
+    """Write ``{out_dir}/{slug}.json`` and upsert ``graph-metadata.json`` as circuit-tracer does. ``index_from``: the
+    directory whose index to upsert (default ``out_dir``; the CLI writes into a staging directory that replaces
+    its ``--out``)."""
     out_dir = Path(out_dir)
     data = to_circuit_tracer_json(graph, slug, model, clt)
     path = out_dir / f"{slug}.json"
-    index_path = out_dir / "graph-metadata.json"
-    with reading(index_path):  # a hand-edited index fails with one line naming it, before anything is written
-        index = read_json(index_path) if index_path.exists() else {"graphs": []}
+    held = Path(index_from if index_from is not None else out_dir) / "graph-metadata.json"
+    with reading(held):  # a hand-edited index fails with one line naming it, before anything is written
+        index = read_json(held) if held.is_file() else {"graphs": []}
+        if not isinstance(index, dict) or not isinstance(index.get("graphs", []), list):
+            raise CircuitryError(f"{held}: not a circuit-tracer graph index (an object with a 'graphs' list)")
         index["graphs"] = [g for g in index.get("graphs", []) if g.get("slug") != slug] + [data["metadata"]]
     atomic_write_json(path, data)
-    atomic_write_json(index_path, index)
+    atomic_write_json(out_dir / "graph-metadata.json", index)
     return path

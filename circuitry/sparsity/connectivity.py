@@ -20,6 +20,7 @@ from torch import Tensor
 from circuitry.errors import CircuitryError
 from circuitry.progress import progress_bar
 from circuitry.sparsity.gates import AttentionGates, gate_mode
+from circuitry.training import check_seq_len
 
 
 def floor(seq_len: int) -> float:
@@ -150,8 +151,8 @@ def connectivity_report(model, task=None, n: int = 256, seed: int = 1, data=None
         raise CircuitryError("measure on a task's prompts or on data, not both")
     if task is not None and seq_len is not None:
         raise CircuitryError("a sequence length is for held-out text; a task's prompts have their own lengths")
-    if seq_len is not None and not 2 <= seq_len <= model.cfg.n_ctx:
-        raise CircuitryError(f"sequence length {seq_len} must be between 2 and the model's context {model.cfg.n_ctx}")
+    if seq_len is not None:
+        check_seq_len(seq_len, model.cfg.n_ctx)
     if task is None:
         stream = token_source(model, data)
         batches, n_batches = heldout_batches(stream, n, seq_len or model.cfg.n_ctx)

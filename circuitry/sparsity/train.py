@@ -36,10 +36,10 @@ from circuitry.training import (
     check_fields,
     check_options,
     deterministic,
+    gradients,
     micro_batches,
     no_sync,
     rng_rewinder,
-    gradients,
     set_activation_checkpointing,
 )
 from circuitry.zoo.pretrain import heldout_ce

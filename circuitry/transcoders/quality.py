@@ -71,8 +71,9 @@ def evaluate_clt(
     """All figures on ``n_sequences`` held-out sequences of ``seq_len`` tokens (default: the model's context) of
     ``data`` (see :func:`circuitry.data.token_source`; default: the model's synthetic language). ``progress``: a
     bar over the batches (None: only on a terminal)."""
-    check_quality_length(seq_len or model.cfg.n_ctx)
-    tokens = token_source(model, data).heldout(n_sequences, seq_len or model.cfg.n_ctx)
+    length = seq_len or model.cfg.n_ctx
+    check_quality_length(length)
+    tokens = token_source(model, data).heldout(n_sequences, length)
     bar = progress_bar(total=4 * len(tokens.split(batch_size)), desc="transcoder quality", unit="batch", progress=progress)
     L = model.cfg.n_layers
     err = torch.zeros(L, dtype=torch.float64)

@@ -72,12 +72,9 @@ def config_fingerprint(model) -> str | None:
     fingerprint, so the same weights under another config (activation, parallel blocks, ...) are not taken for the
     same model. None for a config that JSON cannot record (then only the weights are compared)."""
     try:
-        config = {k: v for k, v in model_config(model).items() if k != "dtype"}
+        config = {k: v for k, v in recorded_config(model).items() if k != "dtype"}
     except CircuitryError:
         return None
-    gates = getattr(model, "gates", None)
-    if gates is not None:
-        config["gates"] = {"renormalise": gates.renormalise}
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -118,6 +115,16 @@ def model_config(model) -> dict[str, Any]:
     return config
 
 
+def recorded_config(model) -> dict[str, Any]:
+    """What a model directory's ``config.json`` holds: :func:`model_config` and, on a gated model, the gates'
+    options."""
+    config = model_config(model)
+    gates = getattr(model, "gates", None)
+    if gates is not None:
+        config["gates"] = {"renormalise": gates.renormalise}
+    return config
+
+
 def _jsonable(value: Any) -> bool:
     if isinstance(value, (list, tuple)):
         return all(_jsonable(v) for v in value)
@@ -132,10 +139,7 @@ def save_model(model, directory: str | Path, meta: dict[str, Any] | None = None)
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    config = model_config(model)
-    gates = getattr(model, "gates", None)
-    if gates is not None:
-        config["gates"] = {"renormalise": gates.renormalise}
+    config = recorded_config(model)
     weights = _weights(model)
     fp = fingerprint(weights)
     save_tensors(directory / "model.safetensors", weights, {"kind": "model", "fingerprint": fp, "config": config})
